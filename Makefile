@@ -1,0 +1,53 @@
+# daoflow-operator. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install the package with its test tools
+
+.PHONY: binaries
+binaries: install ## Build the pinned control-plane binaries into the cache (once)
+	$(PY) -m daoflow_operator.localcluster build
+
+.PHONY: cluster
+cluster: install ## Start the local control plane in the background and print how to use it
+	$(PY) -m daoflow_operator.localcluster up
+
+.PHONY: cluster-down
+cluster-down: install ## Stop the local control plane
+	$(PY) -m daoflow_operator.localcluster down
+
+.PHONY: run
+run: install ## Run the operator (the local control plane when KUBECONFIG is unset)
+	$(PY) -m daoflow_operator.dev run
+
+.PHONY: crds
+crds: install ## Generate crds/ from the pydantic models
+	$(PY) -m daoflow_operator.api.crdgen crds
+
+.PHONY: test
+test: install ## Run the whole test suite (starts the local control plane once)
+	$(PY) -m pytest
+
+.PHONY: bench
+bench: install ## Latency from applying a BackupRestore to its plan and to its Job (p50/p99)
+	$(PY) bench/restore_latency.py
+
+.PHONY: bench-runner
+bench-runner: install ## Runner throughput and peak RSS against sha256sum + tar baselines
+	$(PY) bench/runner_bench.py

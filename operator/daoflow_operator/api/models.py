@@ -1,0 +1,312 @@
+"""One pydantic model per kind: the single source of truth for the API.
+
+The CRDs in crds/ are generated from these models (`make crds`), and a test fails
+when the two drift apart. Field names are Python's; the API's camelCase names are
+their aliases. Everything Kubernetes-specific that JSON Schema cannot say (CEL
+rules, printer columns, list types) is attached here too, next to the field it is about.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "backup.daoflow.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# An object name in the same namespace (a DNS-1123 subdomain).
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+def cel(rule: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"rule": rule, "message": message, **extra}
+
+
+class Model(BaseModel):
+    # Unknown fields are ignored when reading objects: the API server prunes them anyway,
+    # and an older operator must still read objects written by a newer schema.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        # CEL rules live on the model they are about; the CRD generator carries them over.
+        schema = handler(core_schema)
+        rules = cls.__dict__.get("x_validations")
+        if rules:
+            handler.resolve_ref_schema(schema)["x-kubernetes-validations"] = rules
+        return schema
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+Name = Annotated[str, Field(min_length=1, max_length=253, pattern=NAME_PATTERN)]
+
+
+class LocalObjectReference(Model):
+    """A reference to an object of a known kind in the same namespace."""
+
+    name: Name
+
+
+# -- BackupDestination ---------------------------------------------------------------------
+
+
+class S3Destination(Model):
+    endpoint: Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s/]+(/.*)?$",
+                                   description="URL of the S3-compatible endpoint, e.g. https://s3.eu-west-1.amazonaws.com.")]
+    bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")]
+    region: Annotated[str, Field(max_length=64)] = "us-east-1"
+    prefix: Annotated[str, Field(max_length=1024, description="Key prefix under which artifact paths are resolved.")] = ""
+    force_path_style: bool = Field(False, description="Address the bucket as endpoint/bucket instead of bucket.endpoint.")
+    credentials_secret_ref: LocalObjectReference = Field(
+        description="A Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN).")
+
+
+class PersistentVolumeClaimDestination(Model):
+    claim_name: Name
+    sub_path: Annotated[str, Field(max_length=1024, pattern=r"^[^/\\].*$|^$",
+                                   description="A relative folder inside the volume.")] = ""
+
+
+class BackupDestinationSpec(Model):
+    x_validations: ClassVar = [
+        cel("has(self.s3) != has(self.persistentVolumeClaim)",
+            "exactly one of s3 or persistentVolumeClaim must be set"),
+    ]
+    s3: S3Destination | None = None
+    persistent_volume_claim: PersistentVolumeClaimDestination | None = None
+
+
+class BackupDestination(Model):
+    """Where backup artifacts live: an S3 bucket or a shared volume."""
+
+    kind: ClassVar = "BackupDestination"
+    plural: ClassVar = "backupdestinations"
+    short_names: ClassVar = ["bdest"]
+    printer_columns: ClassVar = [
+        {"name": "S3-Bucket", "type": "string", "jsonPath": ".spec.s3.bucket"},
+        {"name": "Claim", "type": "string", "jsonPath": ".spec.persistentVolumeClaim.claimName"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    spec: BackupDestinationSpec
+    status: dict[str, Any] | None = None
+
+
+# -- BackupRun -----------------------------------------------------------------------------
+
+
+class DatabaseSource(Model):
+    secret_ref: LocalObjectReference = Field(
+        description="A Secret with host, port, dbname, user and password of the database.")
+
+
+class PersistentVolumeClaimSource(Model):
+    claim_name: Name
+    sub_path: Annotated[str, Field(max_length=1024)] = ""
+
+
+class BackupSource(Model):
+    x_validations: ClassVar = [
+        cel("self.type == 'volume' ? has(self.persistentVolumeClaim) : has(self.database)",
+            "a volume source must set persistentVolumeClaim, and a postgres source must set database"),
+    ]
+    type: Literal["volume", "postgres"]
+    persistent_volume_claim: PersistentVolumeClaimSource | None = None
+    database: DatabaseSource | None = None
+
+
+class BackupRunSpec(Model):
+    destination_ref: LocalObjectReference
+    source: BackupSource
+
+
+class Artifact(Model):
+    path: Annotated[str, Field(max_length=4096, description="Relative to the destination.")] = ""
+    format: Literal["tar", "tar+gzip", "tar+zstd", "postgres-custom"] | None = None
+    size_bytes: Annotated[int, Field(ge=0)] | None = None
+    sha256: Annotated[str, Field(pattern=SHA256_PATTERN)] | None = None
+
+
+class BackupRunStatus(Model):
+    phase: Literal["Queued", "Running", "Succeeded", "Failed"] | None = None
+    artifact: Artifact | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    error: Annotated[str, Field(max_length=4096)] | None = None
+
+
+class BackupRun(Model):
+    """The record of one backup. Written by whatever takes backups; the operator only reads it."""
+
+    kind: ClassVar = "BackupRun"
+    plural: ClassVar = "backupruns"
+    short_names: ClassVar = ["brun"]
+    printer_columns: ClassVar = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Source", "type": "string", "jsonPath": ".spec.source.type"},
+        {"name": "Format", "type": "string", "jsonPath": ".status.artifact.format"},
+        {"name": "Size", "type": "integer", "jsonPath": ".status.artifact.sizeBytes"},
+        {"name": "Completed", "type": "date", "jsonPath": ".status.completionTime"},
+        {"name": "Error", "type": "string", "jsonPath": ".status.error", "priority": 1},
+    ]
+    spec: BackupRunSpec
+    status: BackupRunStatus | None = None
+
+
+# -- BackupRestore -------------------------------------------------------------------------
+
+
+class RestoreTarget(Model):
+    x_validations: ClassVar = [
+        cel("has(self.persistentVolumeClaim) != has(self.database)",
+            "exactly one of persistentVolumeClaim or database must be set"),
+    ]
+    persistent_volume_claim: PersistentVolumeClaimSource | None = None
+    database: DatabaseSource | None = None
+
+
+ExistingData = Literal["FailIfNotEmpty", "Replace", "Merge"]
+
+
+class BackupRestoreSpec(Model):
+    x_validations: ClassVar = [
+        cel("self == oldSelf", "spec is immutable: create a new BackupRestore"),
+    ]
+    backup_run_ref: LocalObjectReference
+    dry_run: bool = Field(False, description="Validate and plan only: no Job is created and nothing is restored.")
+    target: RestoreTarget | None = Field(
+        None, description="Where to restore. By default, back into the BackupRun's own source, in place.")
+    existing_data: ExistingData = Field(
+        "FailIfNotEmpty",
+        description="FailIfNotEmpty refuses a target with data; Replace keeps the old data aside until the "
+                    "restore has succeeded and puts it back on failure; Merge overwrites the archive's files only.")
+    expected_plan_hash: Annotated[str, Field(pattern=SHA256_PATTERN)] | None = Field(
+        None, description="The planHash of a previewed plan. The restore fails with PlanDrifted if today's plan differs.")
+    active_deadline_seconds: Annotated[int, Field(ge=60, le=604800)] = Field(
+        3600, description="How long the restore Job may run before it is stopped and the restore fails.")
+
+
+class Condition(Model):
+    type: Annotated[str, Field(max_length=316)]
+    status: Literal["True", "False", "Unknown"]
+    reason: Annotated[str, Field(max_length=1024)] = ""
+    message: Annotated[str, Field(max_length=32768)] = ""
+    last_transition_time: datetime | None = None
+    observed_generation: int | None = None
+
+
+class PreflightCheck(Model):
+    name: str
+    status: Literal["ok", "warn", "fail"]
+    detail: str
+
+
+class PinnedBackupRun(Model):
+    name: str
+    uid: str = ""
+    resource_version: str = ""
+    completion_time: str | None = None
+
+
+class PlannedArtifact(Model):
+    destination: str
+    destination_type: Literal["s3", "persistentVolumeClaim"] | None = None
+    location: str = Field("", description="Where the artifact is fetched from, e.g. s3://bucket/prefix/path.")
+    path: str
+    format: str | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+
+
+class PlannedTarget(Model):
+    type: Literal["volume", "postgres"] | None = None
+    persistent_volume_claim: PersistentVolumeClaimSource | None = None
+    database: DatabaseSource | None = None
+    in_place: bool = False
+    existing_data: ExistingData = "FailIfNotEmpty"
+
+
+class PlanStep(Model):
+    step: Literal["validate", "queue", "fetch", "execute", "verify", "record"]
+    description: str
+
+
+class ApprovalRequestTemplate(Model):
+    required_scope: str = "approvals:decide"
+    backup_run_ref: LocalObjectReference
+    plan_hash: str
+    reason: str = ""
+
+
+class RestorePlan(Model):
+    is_ready: bool
+    plan_hash: str
+    backup_run: PinnedBackupRun
+    artifact: PlannedArtifact | None = None
+    target: PlannedTarget | None = None
+    preflight_checks: list[PreflightCheck] = []
+    steps: list[PlanStep] = []
+    execute_command: str = ""
+    approval_request: ApprovalRequestTemplate | None = None
+
+
+class RestoreResult(Model):
+    bytes: int | None = None
+    files: int | None = None
+    sha256: str | None = None
+    verified: bool | None = None
+    duration_seconds: float | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+class AuditEntry(Model):
+    time: datetime
+    step: Literal["preview", "validate", "queue", "fetch", "execute", "verify", "record"]
+    outcome: Literal["ok", "waiting", "failed", "rejected"]
+    message: Annotated[str, Field(max_length=1024)]
+
+
+class BackupRestoreStatus(Model):
+    observed_generation: int | None = None
+    phase: Literal["Pending", "Planned", "AwaitingApproval", "Queued", "Running", "Succeeded", "Failed",
+                   "Rejected"] | None = None
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    plan: RestorePlan | None = None
+    job_ref: LocalObjectReference | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    result: RestoreResult | None = None
+    follow_up: Annotated[str, Field(max_length=4096)] | None = None
+    requested_by: str | None = None
+    approved_by: str | None = None
+    audit_trail: list[AuditEntry] = Field(default_factory=list, max_length=64)
+
+
+class BackupRestore(Model):
+    """One restore operation, and its permanent record."""
+
+    kind: ClassVar = "BackupRestore"
+    plural: ClassVar = "backuprestores"
+    short_names: ClassVar = ["brestore", "brs"]
+    printer_columns: ClassVar = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "BackupRun", "type": "string", "jsonPath": ".spec.backupRunRef.name"},
+        {"name": "Dry-Run", "type": "boolean", "jsonPath": ".spec.dryRun"},
+        {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Message", "type": "string", "priority": 1,
+         "jsonPath": ".status.conditions[?(@.type==\"Ready\")].message"},
+    ]
+    spec: BackupRestoreSpec
+    status: BackupRestoreStatus | None = None
+
+
+KINDS: tuple[type[Model], ...] = (BackupDestination, BackupRun, BackupRestore)

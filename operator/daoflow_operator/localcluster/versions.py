@@ -1,0 +1,41 @@
+"""The one place where the local control plane's upstream versions are pinned.
+
+Kubernetes v1.36.3, etcd v3.6.16 and kwok v0.8.0 are all served by the Go
+module proxy. Changing a version here changes the cache folder, so an old build
+is never mixed with a new one.
+"""
+
+KUBERNETES = "v1.36.3"
+ETCD = "v3.6.16"
+KWOK = "v0.8.0"
+
+# Each group is one wrapper module: a go.mod that requires the upstream module
+# and is built with a single `go build` so that packages are compiled once.
+MODULES = {
+    "kubernetes": {
+        "module": "k8s.io/kubernetes",
+        "version": KUBERNETES,
+        "packages": {
+            "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+            "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+            "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+        },
+    },
+    "etcd": {
+        "module": "go.etcd.io/etcd/server/v3",
+        "version": ETCD,
+        "packages": {"etcd": "go.etcd.io/etcd/server/v3"},
+    },
+    "kwok": {
+        "module": "sigs.k8s.io/kwok",
+        "version": KWOK,
+        "packages": {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
+    },
+}
+
+BINARIES = tuple(name for group in MODULES.values() for name in group["packages"])
+
+
+def cache_key() -> str:
+    return f"k8s-{KUBERNETES}-etcd-{ETCD}-kwok-{KWOK}"

@@ -1,0 +1,128 @@
+"""What tests need of a cluster, the same whether it is the local control plane or an existing one."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import kubernetes
+
+
+def kubectl_binary() -> str:
+    from daoflow_operator.localcluster import build
+
+    cached = build.bin_dir() / "kubectl"
+    if os.access(cached, os.X_OK):
+        return str(cached)
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets and os.access(Path(assets) / "kubectl", os.X_OK):
+        return str(Path(assets) / "kubectl")
+    found = shutil.which("kubectl")
+    if not found:
+        raise RuntimeError("kubectl not found: build the local binaries (make binaries) or put kubectl on PATH")
+    return found
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 60, interval: float = 0.25, what: str = "condition"):
+    """Polls until predicate() is truthy and returns its value."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - polled again until the deadline
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+@dataclass
+class Cluster:
+    kubeconfig: Path
+    local: object | None = None  # LocalCluster when the tests started the control plane
+
+    @classmethod
+    def local(cls, local_cluster) -> "Cluster":
+        return cls(kubeconfig=local_cluster.kubeconfig, local=local_cluster)
+
+    @classmethod
+    def existing(cls, kubeconfig: Path) -> "Cluster":
+        return cls(kubeconfig=kubeconfig)
+
+    # -- identities ------------------------------------------------------------------------
+
+    def user_kubeconfig(self, user: str) -> Path:
+        """A kubeconfig of an unprivileged user.
+
+        On the local control plane that is a user of the token file. On an existing cluster,
+        which has no such users, it is a ServiceAccount of that name with a fresh token.
+        """
+        if self.local is not None and user in self.local.tokens:
+            return self.local.user_kubeconfig(user)
+        ns = "daoflow-test-users"
+        self.kubectl("create", "namespace", ns, check=False)
+        self.kubectl("create", "serviceaccount", user, "-n", ns, check=False)
+        token = self.kubectl("create", "token", user, "-n", ns, "--duration=2h").stdout.strip()
+        return self.token_kubeconfig(f"sa-{user}", token)
+
+    def user_name(self, user: str) -> str:
+        """The name RBAC subjects use for user_kubeconfig(user)."""
+        if self.local is not None and user in self.local.tokens:
+            return user
+        return f"system:serviceaccount:daoflow-test-users:{user}"
+
+    def token_kubeconfig(self, name: str, token: str) -> Path:
+        if self.local is not None:
+            return self.local.token_kubeconfig(name, token)
+        cfg = json.loads(self.kubectl("config", "view", "--minify", "--raw", "-o", "json").stdout)
+        cfg["users"] = [{"name": name, "user": {"token": token}}]
+        cfg["contexts"][0]["context"]["user"] = name
+        path = Path(os.environ.get("TMPDIR", "/tmp")) / f"daoflow-kubeconfig-{name}"
+        path.write_text(json.dumps(cfg))
+        return path
+
+    def serviceaccount_kubeconfig(self, namespace: str, name: str, duration: str = "2h") -> Path:
+        token = self.kubectl("create", "token", name, "-n", namespace, f"--duration={duration}").stdout.strip()
+        return self.token_kubeconfig(f"sa-{namespace}-{name}", token)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def kubectl(self, *args: str, kubeconfig: Path | None = None, input: str | None = None,
+                check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [kubectl_binary(), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
+            input=input, capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def apply(self, manifest: dict | str, kubeconfig: Path | None = None, check: bool = True):
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        return self.kubectl("apply", "-f", "-", input=text, kubeconfig=kubeconfig, check=check)
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict:
+        args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
+        return json.loads(self.kubectl(*args).stdout)
+
+    def api_client(self, kubeconfig: Path | None = None) -> kubernetes.client.ApiClient:
+        return kubernetes.config.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig))
+
+    def wait_for_default_serviceaccount(self, namespace: str) -> None:
+        wait_until(
+            lambda: self.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode == 0,
+            timeout=60, what=f"the default ServiceAccount in {namespace}",
+        )
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

@@ -1,0 +1,78 @@
+"""The session-wide Kubernetes API server for the tests.
+
+By default the local control plane (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, kwok) is built once into the cache and started once per session.
+
+- `KUBEBUILDER_ASSETS=/path` takes ready binaries from that folder.
+- `--existing-cluster` (or `DAOFLOW_TEST_EXISTING_CLUSTER=1`) uses the current KUBECONFIG, e.g. kind.
+- `--kind` starts a cluster with pytest-kind; it needs Docker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cluster_helpers import Cluster
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("daoflow")
+    group.addoption("--existing-cluster", action="store_true",
+                    default=os.environ.get("DAOFLOW_TEST_EXISTING_CLUSTER") == "1",
+                    help="use the cluster of the current KUBECONFIG instead of the local control plane")
+    group.addoption("--kind", action="store_true", default=False,
+                    help="start a kind cluster through pytest-kind (needs Docker)")
+
+
+def docker_engine_available() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def cluster(request, tmp_path_factory) -> Cluster:
+    if request.config.getoption("--kind"):
+        if not docker_engine_available():
+            pytest.skip("--kind needs a running Docker engine, and this machine has none")
+        kind_cluster = request.getfixturevalue("kind_cluster")
+        yield Cluster.existing(Path(kind_cluster.kubeconfig_path))
+        return
+    if request.config.getoption("--existing-cluster"):
+        kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        yield Cluster.existing(Path(kubeconfig))
+        return
+
+    from daoflow_operator.localcluster.cluster import LocalCluster
+
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+
+    def log(msg: str) -> None:
+        if reporter:
+            reporter.write_line(f"[localcluster] {msg}")
+
+    local = LocalCluster(tmp_path_factory.mktemp("localcluster"), log=log)
+    started = time.monotonic()
+    local.start()
+    log(f"control plane ready in {time.monotonic() - started:.1f}s at {local.server}")
+    try:
+        yield Cluster.local(local)
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def namespace(cluster) -> str:
+    """A fresh namespace per test, deleted afterwards (without waiting for it to go)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.wait_for_default_serviceaccount(name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,57 @@
+from daoflow_operator.localcluster import build, versions
+
+KUBERNETES_GOMOD = """\
+module k8s.io/kubernetes
+
+go 1.26.0
+
+godebug default=go1.26
+
+require (
+\tk8s.io/api v0.0.0
+)
+
+replace (
+\tk8s.io/api => ./staging/src/k8s.io/api
+\tk8s.io/client-go => ./staging/src/k8s.io/client-go // a comment
+)
+"""
+
+ETCD_GOMOD = """\
+module go.etcd.io/etcd/server/v3
+
+replace (
+\tgo.etcd.io/etcd/api/v3 => ../api
+\tgithub.com/example/fork v1.2.0 => github.com/example/fork2 v1.3.0
+)
+
+replace go.etcd.io/etcd => ./FORBIDDEN_DEPENDENCY
+"""
+
+
+def test_staging_paths_become_published_versions():
+    gomod = build.wrapper_gomod("kubernetes", "k8s.io/kubernetes", "v1.36.3", KUBERNETES_GOMOD)
+    assert "require k8s.io/kubernetes v1.36.3" in gomod
+    assert "\tk8s.io/api => k8s.io/api v0.36.3" in gomod
+    assert "\tk8s.io/client-go => k8s.io/client-go v0.36.3" in gomod
+    assert "godebug default=go1.26" in gomod
+
+
+def test_sibling_modules_keep_the_server_version_and_forbidden_ones_are_dropped():
+    gomod = build.wrapper_gomod("etcd", "go.etcd.io/etcd/server/v3", "v3.6.16", ETCD_GOMOD)
+    assert "\tgo.etcd.io/etcd/api/v3 => go.etcd.io/etcd/api/v3 v3.6.16" in gomod
+    assert "\tgithub.com/example/fork => github.com/example/fork2 v1.3.0" in gomod
+    assert "FORBIDDEN" not in gomod and "go.etcd.io/etcd =>" not in gomod
+
+
+def test_kubernetes_binaries_are_stamped_with_their_version():
+    flags = build.ldflags("kubernetes", "v1.36.3")
+    assert "-X k8s.io/component-base/version.gitVersion=v1.36.3" in flags
+    assert "-X k8s.io/component-base/version.gitMinor=36" in flags
+
+
+def test_the_cache_folder_changes_with_any_pinned_version(monkeypatch):
+    monkeypatch.setenv("DAOFLOW_CACHE_DIR", "/tmp/x")
+    before = build.bin_dir()
+    monkeypatch.setattr(versions, "ETCD", "v3.6.99")
+    assert build.bin_dir() != before
