@@ -1,0 +1,298 @@
+"""`daoflow` (also `kubectl daoflow`): the product's CLI, on Kubernetes.
+
+    daoflow backup list
+    daoflow backup restore --backup-run-id NAME --dry-run [--json]
+    daoflow backup restore --backup-run-id NAME --yes [--wait]
+
+A dry run reads the BackupRun and its destination and prints the plan computed by
+the same function the operator uses; it writes nothing. A real restore creates a
+BackupRestore, and the operator does the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from . import planning
+from .api import models
+
+EXIT_OK = 0
+EXIT_RESTORE_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_NO_CLUSTER = 4
+EXIT_FORBIDDEN = 5
+EXIT_API_ERROR = 6
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def _client(args):
+    import kubernetes
+    import urllib3
+
+    try:
+        client = kubernetes.config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
+    except (kubernetes.config.ConfigException, FileNotFoundError, TypeError) as exc:
+        raise CliError(f"no cluster configured: {exc}; set KUBECONFIG or pass --kubeconfig", EXIT_NO_CLUSTER)
+    # One quick attempt: a CLI should fail fast when the cluster cannot be reached.
+    client.configuration.retries = urllib3.Retry(total=1, connect=1, read=0, status=0)
+    return client
+
+
+def _namespace(args) -> str:
+    if args.namespace:
+        return args.namespace
+    import kubernetes
+
+    try:
+        _, active = kubernetes.config.list_kube_config_contexts(config_file=args.kubeconfig)
+        if args.context:
+            contexts, _ = kubernetes.config.list_kube_config_contexts(config_file=args.kubeconfig)
+            active = next((c for c in contexts if c["name"] == args.context), active)
+        return (active.get("context") or {}).get("namespace") or "default"
+    except Exception:  # noqa: BLE001 - no kubeconfig: _client() reports it
+        return "default"
+
+
+def _api_call(call, what: str):
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return call()
+    except ApiException as exc:
+        if exc.status == 404:
+            raise CliError(f"{what}: not found", EXIT_NOT_FOUND)
+        if exc.status in (401, 403):
+            reason = ""
+            try:
+                reason = json.loads(exc.body).get("message", "")
+            except (TypeError, ValueError):
+                pass
+            raise CliError(f"{what}: forbidden: {reason or exc.reason}", EXIT_FORBIDDEN)
+        raise CliError(f"{what}: the API server answered {exc.status} {exc.reason}", EXIT_API_ERROR)
+    except (HTTPError, OSError) as exc:
+        raise CliError(f"cannot reach the Kubernetes API server: {exc.__class__.__name__}", EXIT_NO_CLUSTER)
+
+
+def _custom(client, namespace: str, plural: str, name: str, kind: str) -> dict:
+    import kubernetes
+
+    api = kubernetes.client.CustomObjectsApi(client)
+    try:
+        return _api_call(lambda: api.get_namespaced_custom_object(models.GROUP, models.VERSION, namespace, plural, name),
+                         f"{kind} {name!r} in namespace {namespace!r}")
+    except CliError as exc:
+        if exc.code == EXIT_NOT_FOUND:
+            raise CliError(f"{kind} {name!r} not found in namespace {namespace!r}", EXIT_NOT_FOUND)
+        raise
+
+
+def restore_spec(args) -> models.BackupRestoreSpec:
+    target = None
+    if args.target_pvc:
+        target = {"persistentVolumeClaim": {"claimName": args.target_pvc}}
+    elif args.target_database_secret:
+        target = {"database": {"secretRef": {"name": args.target_database_secret}}}
+    return models.BackupRestoreSpec.model_validate({
+        "backupRunRef": {"name": args.backup_run_id},
+        "dryRun": bool(args.dry_run),
+        "target": target,
+        "existingData": args.existing_data,
+        "expectedPlanHash": args.expected_plan_hash,
+    })
+
+
+def compute_plan(client, namespace: str, spec: models.BackupRestoreSpec) -> planning.PlanResult:
+    run = _custom(client, namespace, "backupruns", spec.backup_run_ref.name, "BackupRun")
+    dest_name = (run.get("spec") or {}).get("destinationRef", {}).get("name")
+    destination = None
+    if dest_name:
+        try:
+            destination = _custom(client, namespace, "backupdestinations", dest_name, "BackupDestination")
+        except CliError as exc:
+            if exc.code != EXIT_NOT_FOUND:
+                raise
+    return planning.plan(namespace, spec, run, destination)
+
+
+def print_plan(result: planning.PlanResult, out) -> None:
+    p = result.plan
+    art = p.artifact
+    print(f"BackupRun:   {p.backup_run.name} (completed {p.backup_run.completion_time or '-'})", file=out)
+    if art:
+        print(f"Artifact:    {art.location or art.path} [{art.format}, {art.size_bytes} bytes]", file=out)
+        print(f"sha256:      {art.sha256}", file=out)
+    if p.target and p.target.type:
+        where = (p.target.persistent_volume_claim.claim_name if p.target.persistent_volume_claim
+                 else p.target.database.secret_ref.name if p.target.database else "-")
+        print(f"Target:      {p.target.type} {where} ({p.target.existing_data})", file=out)
+    print(f"Plan hash:   {p.plan_hash}", file=out)
+    print(f"Ready:       {'yes' if p.is_ready else 'no'} ({result.verdict.reason}: {result.verdict.message})", file=out)
+    print("Preflight checks:", file=out)
+    for check in p.preflight_checks:
+        print(f"  [{check.status:4}] {check.name}: {check.detail}", file=out)
+    if p.steps:
+        print("Steps:", file=out)
+        for i, step in enumerate(p.steps, 1):
+            print(f"  {i}. {step.step}: {step.description}", file=out)
+    print(f"To restore:  {p.execute_command}", file=out)
+
+
+def cmd_restore(args) -> int:
+    if args.dry_run and args.yes:
+        raise CliError("--dry-run and --yes exclude each other", EXIT_USAGE)
+    namespace = _namespace(args)
+    spec = restore_spec(args)
+    client = _client(args)
+    if args.dry_run:
+        result = compute_plan(client, namespace, spec)
+        if args.json:
+            json.dump(result.plan.dump(), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print_plan(result, sys.stdout)
+        return EXIT_OK if result.verdict.outcome != "reject" else EXIT_RESTORE_FAILED
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError("refusing to restore without confirmation: pass --yes to restore, "
+                           "or --dry-run to preview the plan", EXIT_USAGE)
+        result = compute_plan(client, namespace, spec)
+        print_plan(result, sys.stderr)
+        answer = input(f"Restore BackupRun {spec.backup_run_ref.name} now? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("not restored", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        _custom(client, namespace, "backupruns", spec.backup_run_ref.name, "BackupRun")
+    restore = create_restore(client, namespace, spec, args.name)
+    name = restore["metadata"]["name"]
+    print(f"backuprestore.{models.GROUP}/{name} created")
+    if not args.wait:
+        print(f"follow it with: kubectl get backuprestore {name} -n {namespace} -w")
+        return EXIT_OK
+    return wait_for(client, namespace, name, args.timeout)
+
+
+def create_restore(client, namespace: str, spec: models.BackupRestoreSpec, name: str | None) -> dict:
+    import kubernetes
+
+    body: dict[str, Any] = {
+        "apiVersion": models.API_VERSION, "kind": "BackupRestore",
+        "metadata": {"namespace": namespace, "labels": {"backup.daoflow.dev/backup-run": spec.backup_run_ref.name[:63]}},
+        "spec": spec.dump(),
+    }
+    if name:
+        body["metadata"]["name"] = name
+    else:
+        body["metadata"]["generateName"] = spec.backup_run_ref.name[:200] + "-restore-"
+    api = kubernetes.client.CustomObjectsApi(client)
+    return _api_call(lambda: api.create_namespaced_custom_object(models.GROUP, models.VERSION, namespace,
+                                                                 "backuprestores", body),
+                     "creating the BackupRestore")
+
+
+def wait_for(client, namespace: str, name: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    seen_phase, seen_audit = None, 0
+    while time.monotonic() < deadline:
+        obj = _custom(client, namespace, "backuprestores", name, "BackupRestore")
+        status = obj.get("status") or {}
+        trail = status.get("auditTrail") or []
+        for entry in trail[seen_audit:]:
+            print(f"  {entry['time']}  {entry['step']:<8} {entry['outcome']:<8} {entry['message']}")
+        seen_audit = len(trail)
+        phase = status.get("phase")
+        if phase != seen_phase and phase:
+            print(f"phase: {phase}")
+            seen_phase = phase
+        if status.get("completionTime"):
+            ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+            if ready.get("status") == "True":
+                return EXIT_OK
+            print(f"error: restore {name} ended {phase}: {ready.get('reason')}: {ready.get('message')}", file=sys.stderr)
+            return EXIT_RESTORE_FAILED
+        time.sleep(1)
+    print(f"error: timed out after {timeout:.0f}s; the restore goes on: kubectl describe backuprestore {name} "
+          f"-n {namespace}", file=sys.stderr)
+    return EXIT_RESTORE_FAILED
+
+
+def cmd_list(args) -> int:
+    import kubernetes
+
+    namespace = _namespace(args)
+    client = _client(args)
+    api = kubernetes.client.CustomObjectsApi(client)
+    items = _api_call(lambda: api.list_namespaced_custom_object(models.GROUP, models.VERSION, namespace, "backupruns"),
+                      f"listing BackupRuns in namespace {namespace!r}")["items"]
+    if args.json:
+        json.dump([{"name": i["metadata"]["name"], **(i.get("status") or {})} for i in items], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    rows = [("NAME", "PHASE", "SOURCE", "FORMAT", "SIZE", "COMPLETED")]
+    for item in items:
+        st = item.get("status") or {}
+        art = st.get("artifact") or {}
+        rows.append((item["metadata"]["name"], st.get("phase") or "-", (item.get("spec") or {}).get("source", {}).get("type", "-"),
+                     art.get("format") or "-", str(art.get("sizeBytes", "-")), st.get("completionTime") or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="daoflow", description="Restore data from backups on Kubernetes.")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
+    p.add_argument("--context")
+    p.add_argument("-n", "--namespace")
+    sub = p.add_subparsers(dest="group", required=True)
+    backup = sub.add_parser("backup", help="backups and restores").add_subparsers(dest="command", required=True)
+
+    lst = backup.add_parser("list", help="list BackupRuns")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_list)
+
+    restore = backup.add_parser("restore", help="preview or queue a restore of a BackupRun")
+    restore.add_argument("--backup-run-id", required=True, metavar="NAME", help="the BackupRun to restore")
+    restore.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    restore.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
+    restore.add_argument("--yes", action="store_true", help="restore without asking")
+    restore.add_argument("--wait", action="store_true", help="follow the restore to its end")
+    restore.add_argument("--timeout", type=float, default=3600, help="with --wait: seconds to wait")
+    restore.add_argument("--name", help="name of the BackupRestore (default: generated)")
+    restore.add_argument("--existing-data", choices=["FailIfNotEmpty", "Replace", "Merge"], default="FailIfNotEmpty")
+    restore.add_argument("--target-pvc", metavar="CLAIM", help="restore into this PersistentVolumeClaim")
+    restore.add_argument("--target-database-secret", metavar="SECRET", help="restore into the database of this Secret")
+    restore.add_argument("--expected-plan-hash", metavar="SHA256", help="fail with PlanDrifted if the plan changed")
+    restore.set_defaults(func=cmd_restore)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except ValueError as exc:  # invalid flag values, caught by the API model
+        print(f"error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The operator's configuration: one class, read from DAOFLOW_-prefixed environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from . import __version__
+
+
+def _json_map(name: str) -> dict[str, str]:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"{name} must be a JSON object of strings")
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    # The one image of the operator and the runner.
+    runner_image: str = f"ghcr.io/daoflow-dev/daoflow-operator:{__version__}"
+    # Extra annotations for restore pods, e.g. to opt out of a service mesh sidecar.
+    job_pod_annotations: dict[str, str] = field(default_factory=dict)
+    runner_max_members: int = 1_000_000
+    runner_max_bytes: int = 1 << 40
+    runner_cpu_request: str = "100m"
+    runner_memory_request: str = "128Mi"
+    runner_memory_limit: str = "512Mi"
+    # Retry delays while waiting for a BackupRun, in seconds: doubling from min to max.
+    wait_backoff_min: float = 5.0
+    wait_backoff_max: float = 300.0
+
+    @classmethod
+    def from_env(cls) -> "Config":
+        env = os.environ.get
+        defaults = cls()
+        return cls(
+            runner_image=env("DAOFLOW_RUNNER_IMAGE", defaults.runner_image),
+            job_pod_annotations=_json_map("DAOFLOW_JOB_POD_ANNOTATIONS"),
+            runner_max_members=int(env("DAOFLOW_RUNNER_MAX_MEMBERS", defaults.runner_max_members)),
+            runner_max_bytes=int(env("DAOFLOW_RUNNER_MAX_BYTES", defaults.runner_max_bytes)),
+            runner_cpu_request=env("DAOFLOW_RUNNER_CPU_REQUEST", defaults.runner_cpu_request),
+            runner_memory_request=env("DAOFLOW_RUNNER_MEMORY_REQUEST", defaults.runner_memory_request),
+            runner_memory_limit=env("DAOFLOW_RUNNER_MEMORY_LIMIT", defaults.runner_memory_limit),
+            wait_backoff_min=float(env("DAOFLOW_WAIT_BACKOFF_MIN_SECONDS", defaults.wait_backoff_min)),
+            wait_backoff_max=float(env("DAOFLOW_WAIT_BACKOFF_MAX_SECONDS", defaults.wait_backoff_max)),
+        )

@@ -1,0 +1,213 @@
+"""The kopf shell: events in, pure decisions, API writes out.
+
+kopf watches BackupRestores, their Jobs and BackupRuns, and each event only puts the
+affected restore's key on a work queue. One reconcile per key at a time then reads
+the world, asks `status.decide()` what follows, and writes it:
+
+    event -> queue -> reconcile: read restore, BackupRun, destination, Job, report
+                                 -> planning.plan / status.decide (pure)
+                                 -> create the Job (AlreadyExists = adopt)
+                                 -> patch status, only if it changed
+                                 -> post the events of the transition
+
+Handlers are event handlers, not kopf's create/update handlers, so kopf itself writes
+nothing to the objects: no progress annotations, no last-handled state. All state
+lives in the restore's status, and everything can be rebuilt from the world.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Awaitable, Callable
+
+import kopf
+
+from . import jobs, status as status_
+from .api import models
+from .config import Config
+from .kube import Conflict, Kube, api_client_from_env
+
+log = logging.getLogger("daoflow_operator")
+
+Key = tuple[str, str]  # (namespace, name) of a BackupRestore
+
+
+def reconcile(kube: Kube, config: Config, namespace: str, name: str,
+              now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> status_.Decision | None:
+    """One level-based pass over one restore. Returns the decision, or None when there was nothing to do.
+
+    On Conflict (the restore changed since it was read) the caller runs it again.
+    """
+    restore = kube.get_restore(namespace, name)
+    if restore is None or status_.is_final(restore.get("status")):
+        return None
+    current = restore.get("status") or {}
+    observed = status_.Observation()
+    destination = None
+    if not current.get("jobRef"):
+        spec = models.BackupRestoreSpec.model_validate(restore.get("spec") or {})
+        observed.run = kube.get_run(namespace, spec.backup_run_ref.name)
+        dest_name = ((observed.run or {}).get("spec") or {}).get("destinationRef", {}).get("name")
+        if dest_name:
+            destination = observed.destination = kube.get_destination(namespace, dest_name)
+    else:
+        job = kube.get_job(namespace, current["jobRef"]["name"])
+        owned = job is not None and any(ref.get("uid") == restore["metadata"]["uid"]
+                                        for ref in job["metadata"].get("ownerReferences") or [])
+        if not owned or job["metadata"].get("deletionTimestamp") and status_.job_outcome(job) not in ("complete", "failed"):
+            observed.job_missing = True
+        else:
+            observed.job = job
+            if status_.job_outcome(job) in ("complete", "failed"):
+                observed.report = kube.runner_report(namespace, job)
+
+    decision = status_.decide(restore, observed, now())
+    if decision.create_job:
+        kube.create_job(jobs.build_job(restore, decision.status["plan"], destination, config))
+    if status_.changed(current, decision.status):
+        kube.patch_status(namespace, name, status_.status_patch(current, decision.status),
+                          restore["metadata"]["resourceVersion"])
+    for event in decision.events:
+        kube.post_event(restore, event.type, event.reason, event.message)
+    return decision
+
+
+@dataclass
+class WorkQueue:
+    """A keyed work queue: a key is never processed twice at once, and re-adds are coalesced.
+
+    `process(key)` returns a delay after which to look again, or None.
+    """
+
+    process: Callable[[Key], Awaitable[float | None]]
+    workers: int = 4
+    _pending: set = field(default_factory=set)
+    _active: set = field(default_factory=set)
+    _dirty: set = field(default_factory=set)
+    _timers: dict = field(default_factory=dict)
+    _queue: asyncio.Queue | None = None
+
+    def add(self, key: Key, delay: float = 0.0) -> None:
+        if delay > 0:
+            old = self._timers.pop(key, None)
+            if old:
+                old.cancel()
+            self._timers[key] = asyncio.get_running_loop().call_later(delay, self.add, key)
+            return
+        if key in self._active:
+            self._dirty.add(key)  # processed again right after the current pass
+        elif key not in self._pending:
+            self._pending.add(key)
+            self._ensure_queue().put_nowait(key)
+
+    def _ensure_queue(self) -> asyncio.Queue:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        return self._queue
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._worker() for _ in range(self.workers)))
+
+    async def _worker(self) -> None:
+        queue = self._ensure_queue()
+        while True:
+            key = await queue.get()
+            self._pending.discard(key)
+            self._active.add(key)
+            try:
+                delay = await self.process(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one bad object must not stop the operator
+                log.exception("reconciling %s/%s failed; retrying in 10s", *key)
+                delay = 10.0
+            finally:
+                self._active.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.add(key)
+            elif delay:
+                self.add(key, delay)
+
+    def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+
+
+class Operator:
+    """What the handlers share: the API client, the config, the queue and the wait backoffs."""
+
+    def __init__(self, kube: Kube, config: Config):
+        self.kube = kube
+        self.config = config
+        self.queue = WorkQueue(self.process)
+        self.waits: dict[Key, int] = {}
+
+    def wait_delay(self, key: Key) -> float:
+        attempt = self.waits.get(key, 0)
+        self.waits[key] = attempt + 1
+        return min(self.config.wait_backoff_min * (2 ** attempt), self.config.wait_backoff_max)
+
+    async def process(self, key: Key) -> float | None:
+        for _ in range(5):
+            try:
+                decision = await asyncio.to_thread(reconcile, self.kube, self.config, *key)
+            except Conflict:
+                log.info("%s/%s changed while it was reconciled; reading it again", *key)
+                continue
+            if decision is not None and decision.wait is not None:
+                return self.wait_delay(key)
+            self.waits.pop(key, None)
+            return None
+        return 1.0
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_) -> None:
+    settings.peering.standalone = True
+    # Events are posted by the operator itself, one per transition, with specific reasons.
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    config = Config.from_env()
+    memo.operator = Operator(Kube(api_client_from_env()), config)
+    memo.worker = asyncio.create_task(memo.operator.queue.run())
+    logger.info("daoflow-operator started; runner image %s", config.runner_image)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_) -> None:
+    if getattr(memo, "worker", None):
+        memo.operator.queue.stop()
+        memo.worker.cancel()
+
+
+@kopf.index(models.GROUP, models.VERSION, "backuprestores")
+def restores_by_run(namespace, name, spec, status, **_):
+    """Unfinished restores by the BackupRun they wait for, so a BackupRun event wakes them."""
+    if status_.is_final(status):
+        return None
+    return {(namespace, (spec.get("backupRunRef") or {}).get("name")): name}
+
+
+@kopf.on.event(models.GROUP, models.VERSION, "backuprestores")
+async def restore_event(event, namespace, name, status, memo: kopf.Memo, **_) -> None:
+    if event.get("type") == "DELETED" or status_.is_final(status):
+        return
+    memo.operator.queue.add((namespace, name))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": jobs.MANAGED_BY})
+async def job_event(namespace, meta, memo: kopf.Memo, **_) -> None:
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == "BackupRestore" and ref.get("apiVersion", "").startswith(models.GROUP + "/"):
+            memo.operator.queue.add((namespace, ref["name"]))
+
+
+@kopf.on.event(models.GROUP, models.VERSION, "backupruns")
+async def run_event(namespace, name, restores_by_run: kopf.Index, memo: kopf.Memo, **_) -> None:
+    for restore in restores_by_run.get((namespace, name), []):
+        memo.operator.queue.add((namespace, restore))

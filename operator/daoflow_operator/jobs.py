@@ -1,0 +1,188 @@
+"""Queue: the restore Job, as a pure function of the restore, its pinned plan and the config.
+
+The Job has a fixed name derived from the BackupRestore, so a retry or a restart that
+tries to create it again meets AlreadyExists and adopts it instead of making a twin.
+The runner gets the pinned plan through a downward-API file of a pod annotation: the
+plan travels with the Job itself, and no second child object has to be kept in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from .api import models
+from .config import Config
+
+MANAGED_BY = "daoflow-operator"
+APP_NAME = "daoflow-restore"
+LABEL_RESTORE = "backup.daoflow.dev/restore"
+LABEL_RESTORE_UID = "backup.daoflow.dev/restore-uid"
+ANNOTATION_PLAN = "backup.daoflow.dev/runner-plan"
+ANNOTATION_SHA256 = "backup.daoflow.dev/artifact-sha256"
+ANNOTATION_SIZE = "backup.daoflow.dev/artifact-size-bytes"
+
+# Paths inside the runner's pod: the contract with the runner (docs/runner.md).
+PLAN_DIR = "/etc/daoflow/plan"
+PLAN_FILE = f"{PLAN_DIR}/plan.json"
+TARGET_DIR = "/var/run/daoflow/target"
+DESTINATION_DIR = "/var/run/daoflow/destination"
+S3_CREDENTIALS_DIR = "/var/run/daoflow/s3-credentials"
+DATABASE_DIR = "/var/run/daoflow/database"
+RUNNER_UID = 65532
+
+SUFFIX = "-restore"
+
+
+def job_name(restore_name: str) -> str:
+    """`<restore>-restore`, shortened with a stable hash when it would pass 63 characters."""
+    name = restore_name + SUFFIX
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(restore_name.encode()).hexdigest()[:8]
+    return f"{restore_name[:63 - len(SUFFIX) - 9].rstrip('-.')}-{digest}{SUFFIX}"
+
+
+def _label_value(value: str) -> str:
+    return value if len(value) <= 63 else value[:54].rstrip("-.") + "-" + hashlib.sha256(value.encode()).hexdigest()[:8]
+
+
+def runner_plan(restore: dict, plan: dict, destination: dict, config: Config) -> dict[str, Any]:
+    """The runner's instructions: only what it needs, with paths inside its own pod."""
+    meta = restore["metadata"]
+    artifact = plan["artifact"]
+    dest_spec = destination["spec"]
+    if dest_spec.get("s3"):
+        s3 = dest_spec["s3"]
+        source = {"type": "s3", "endpoint": s3["endpoint"], "bucket": s3["bucket"],
+                  "region": s3.get("region") or "us-east-1", "prefix": s3.get("prefix") or "",
+                  "forcePathStyle": bool(s3.get("forcePathStyle")), "credentialsDir": S3_CREDENTIALS_DIR}
+    else:
+        # The destination claim's subPath is applied by the volume mount itself.
+        source = {"type": "volume", "mountPath": DESTINATION_DIR}
+    target = plan["target"]
+    if target["type"] == "postgres":
+        runner_target = {"type": "postgres", "credentialsDir": DATABASE_DIR}
+    else:
+        runner_target = {"type": "volume", "mountPath": TARGET_DIR}
+    return {
+        "restore": {"namespace": meta["namespace"], "name": meta["name"], "uid": meta.get("uid", "")},
+        "artifact": {"path": artifact["path"], "format": artifact["format"],
+                     "sizeBytes": artifact.get("sizeBytes"), "sha256": artifact["sha256"]},
+        "source": source,
+        "target": runner_target,
+        "existingData": target.get("existingData", "FailIfNotEmpty"),
+        "limits": {"maxMembers": config.runner_max_members, "maxBytes": config.runner_max_bytes},
+    }
+
+
+def build_job(restore: dict, plan: dict, destination: dict, config: Config) -> dict[str, Any]:
+    """The restore Job manifest. Pure: same inputs, same Job."""
+    meta = restore["metadata"]
+    spec = models.BackupRestoreSpec.model_validate(restore.get("spec") or {})
+    name = job_name(meta["name"])
+    labels = {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/component": "restore",
+        LABEL_RESTORE: _label_value(meta["name"]),
+        LABEL_RESTORE_UID: meta["uid"],
+    }
+    instructions = runner_plan(restore, plan, destination, config)
+    annotations = {
+        **config.job_pod_annotations,
+        ANNOTATION_PLAN: json.dumps(instructions, sort_keys=True),
+        ANNOTATION_SHA256: plan["artifact"]["sha256"],
+        ANNOTATION_SIZE: str(plan["artifact"].get("sizeBytes") or 0),
+    }
+    volumes: list[dict] = [
+        {"name": "plan", "downwardAPI": {"items": [{
+            "path": "plan.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_PLAN}']"}}]}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
+    mounts: list[dict] = [
+        {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    dest_spec = destination["spec"]
+    if dest_spec.get("s3"):
+        volumes.append({"name": "s3-credentials", "secret": {
+            "secretName": dest_spec["s3"]["credentialsSecretRef"]["name"], "defaultMode": 0o400}})
+        mounts.append({"name": "s3-credentials", "mountPath": S3_CREDENTIALS_DIR, "readOnly": True})
+    else:
+        pvc = dest_spec["persistentVolumeClaim"]
+        # Read-only: a restore never changes the artifact.
+        volumes.append({"name": "destination", "persistentVolumeClaim": {"claimName": pvc["claimName"], "readOnly": True}})
+        mount = {"name": "destination", "mountPath": DESTINATION_DIR, "readOnly": True}
+        if pvc.get("subPath"):
+            mount["subPath"] = pvc["subPath"]
+        mounts.append(mount)
+    target = plan["target"]
+    if target["type"] == "postgres":
+        volumes.append({"name": "database", "secret": {
+            "secretName": target["database"]["secretRef"]["name"], "defaultMode": 0o400}})
+        mounts.append({"name": "database", "mountPath": DATABASE_DIR, "readOnly": True})
+    else:
+        claim = target["persistentVolumeClaim"]
+        volumes.append({"name": "target", "persistentVolumeClaim": {"claimName": claim["claimName"]}})
+        mount = {"name": "target", "mountPath": TARGET_DIR}
+        if claim.get("subPath"):
+            mount["subPath"] = claim["subPath"]
+        mounts.append(mount)
+
+    container = {
+        "name": "runner",
+        "image": config.runner_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "daoflow_operator.runner"],
+        "args": ["--plan", PLAN_FILE],
+        "env": [{"name": "DAOFLOW_TERMINATION_LOG", "value": "/dev/termination-log"}],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "resources": {
+            "requests": {"cpu": config.runner_cpu_request, "memory": config.runner_memory_request},
+            "limits": {"memory": config.runner_memory_limit},
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": {"backup.daoflow.dev/plan-hash": plan["planHash"]},
+            "ownerReferences": [{
+                "apiVersion": models.API_VERSION, "kind": "BackupRestore", "name": meta["name"],
+                "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": {
+            # A failed restore is never retried automatically: a human reads why first.
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": spec.active_deadline_seconds,
+            "template": {
+                "metadata": {"labels": labels, "annotations": annotations},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True, "runAsUser": RUNNER_UID, "runAsGroup": RUNNER_UID,
+                        "fsGroup": RUNNER_UID, "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }

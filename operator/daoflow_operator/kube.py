@@ -1,0 +1,170 @@
+"""The few API calls the operator makes, in one place, with their retry rules.
+
+- 429 and 5xx are retried here, after Retry-After when the server sends one, else
+  with a short doubling backoff, a bounded number of times.
+- 409 is not retried here: a conflict means the object changed under us, so the
+  caller reads it again and decides anew (see handlers.reconcile).
+- Secrets are never read: the runner mounts them; the operator only names them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Callable, TypeVar
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from .api import models
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRIABLE = {429, 500, 502, 503, 504}
+
+
+class Conflict(Exception):
+    """The object changed since it was read (HTTP 409)."""
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    value = (exc.headers or {}).get("Retry-After") if exc.headers else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def with_retries(call: Callable[[], T], what: str, attempts: int = 6, base: float = 0.2,
+                 sleep: Callable[[float], None] = time.sleep) -> T:
+    """Runs an API call, retrying throttling and server errors; a 409 becomes Conflict."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(what) from exc
+            if exc.status not in RETRIABLE or attempt == attempts:
+                raise
+            delay = _retry_after(exc)
+            if delay is None:
+                delay = base * (2 ** (attempt - 1)) * (1 + random.random() / 2)
+            log.info("%s: HTTP %s, retrying in %.1fs (%d/%d)", what, exc.status, delay, attempt, attempts)
+            sleep(min(delay, 30.0))
+    raise AssertionError("unreachable")
+
+
+class Kube:
+    def __init__(self, api_client: kubernetes.client.ApiClient, sleep: Callable[[float], None] = time.sleep):
+        self.client = api_client
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.batch = kubernetes.client.BatchV1Api(api_client)
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.sleep = sleep
+
+    def _retry(self, call: Callable[[], T], what: str) -> T:
+        return with_retries(call, what, sleep=self.sleep)
+
+    def _get_or_none(self, call: Callable[[], T], what: str) -> T | None:
+        try:
+            return self._retry(call, what)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _custom(self, plural: str, namespace: str, name: str) -> dict | None:
+        return self._get_or_none(
+            lambda: self.custom.get_namespaced_custom_object(models.GROUP, models.VERSION, namespace, plural, name),
+            f"get {plural} {namespace}/{name}")
+
+    def get_restore(self, namespace: str, name: str) -> dict | None:
+        return self._custom("backuprestores", namespace, name)
+
+    def get_run(self, namespace: str, name: str) -> dict | None:
+        return self._custom("backupruns", namespace, name)
+
+    def get_destination(self, namespace: str, name: str) -> dict | None:
+        return self._custom("backupdestinations", namespace, name)
+
+    def get_job(self, namespace: str, name: str) -> dict | None:
+        job = self._get_or_none(lambda: self.batch.read_namespaced_job(name, namespace), f"get job {namespace}/{name}")
+        return self.client.sanitize_for_serialization(job) if job is not None else None
+
+    def create_job(self, manifest: dict) -> dict:
+        """Creates the Job, or adopts the one a previous attempt created (same fixed name)."""
+        ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        try:
+            job = self._retry(lambda: self.batch.create_namespaced_job(ns, manifest), f"create job {ns}/{name}")
+            return self.client.sanitize_for_serialization(job)
+        except Conflict:
+            existing = self.get_job(ns, name)
+            if existing is None:
+                raise
+            owner = manifest["metadata"]["ownerReferences"][0]["uid"]
+            owners = [ref.get("uid") for ref in existing["metadata"].get("ownerReferences") or []]
+            if owner not in owners:
+                raise RuntimeError(f"Job {ns}/{name} exists but belongs to another object; not adopting it")
+            log.info("Job %s/%s already exists and is ours: adopted", ns, name)
+            return existing
+
+    def runner_report(self, namespace: str, job: dict) -> str | None:
+        """The termination message of the Job's runner container, if its pod has ended."""
+        uid = job["metadata"]["uid"]
+        pods = self._retry(
+            lambda: self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/controller-uid={uid}"),
+            f"list pods of job {namespace}/{job['metadata']['name']}")
+        for pod in sorted(pods.items, key=lambda p: p.metadata.creation_timestamp, reverse=True):
+            for cs in pod.status.container_statuses or []:
+                term = cs.state.terminated if cs.state else None
+                if cs.name == "runner" and term is not None and term.message:
+                    return term.message
+        return None
+
+    def patch_status(self, namespace: str, name: str, patch: dict, resource_version: str) -> dict:
+        """A merge patch of the status, conditional on the resourceVersion that was read."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": patch}
+        return self._retry(
+            lambda: self.custom.patch_namespaced_custom_object_status(
+                models.GROUP, models.VERSION, namespace, "backuprestores", name, body,
+                _content_type="application/merge-patch+json"),
+            f"patch status of backuprestore {namespace}/{name}")
+
+    def post_event(self, obj: dict, type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the object, so `kubectl describe` tells the story. Best effort."""
+        meta = obj["metadata"]
+        now = datetime.now(timezone.utc)
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta['name'][:200]}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": obj.get("apiVersion", models.API_VERSION),
+                               "kind": obj.get("kind", "BackupRestore"), "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid"),
+                               "resourceVersion": meta.get("resourceVersion")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": "daoflow-operator"},
+            "reportingComponent": "daoflow-operator", "reportingInstance": "daoflow-operator",
+            "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
+        }
+        try:
+            self._retry(lambda: self.core.create_namespaced_event(meta["namespace"], event),
+                        f"post event {reason} on {meta['namespace']}/{meta['name']}")
+        except (ApiException, Conflict) as exc:
+            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
+
+
+def api_client_from_env() -> kubernetes.client.ApiClient:
+    """In-cluster config when running in a pod, else the KUBECONFIG / ~/.kube/config."""
+    try:
+        kubernetes.config.load_incluster_config()
+        return kubernetes.client.ApiClient()
+    except kubernetes.config.ConfigException:
+        return kubernetes.config.new_client_from_config()
+
+
+def to_dict(client: kubernetes.client.ApiClient, obj: Any) -> dict:
+    return client.sanitize_for_serialization(obj)

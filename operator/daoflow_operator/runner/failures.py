@@ -1,0 +1,62 @@
+"""Failure kinds of the runner: one reason, one exit code, one table.
+
+The operator reads `reason` from the report, never the exit code; the codes exist so that a
+person reading `kubectl get pods` or a shell script can tell the kinds apart too.
+"""
+
+from __future__ import annotations
+
+# reason -> (exit code, what it means). docs/runner.md carries the same table.
+FAILURES: dict[str, tuple[int, str]] = {
+    "InvalidPlan": (2, "the plan file is missing, unreadable or invalid"),
+    "FetchFailed": (3, "the artifact could not be read from the destination"),
+    "ChecksumMismatch": (4, "the artifact's sha256 or size differs from the pinned one"),
+    "UnsafeArchive": (5, "a member would escape the target or is of a refused kind"),
+    "TargetNotEmpty": (6, "existingData is FailIfNotEmpty and the target holds data"),
+    "LimitExceeded": (7, "the archive has more members or bytes than the limits allow"),
+    "RestoreFailed": (8, "writing into the target or pg_restore failed"),
+    "CorruptArchive": (9, "the artifact matched its checksum but cannot be decoded"),
+    "Interrupted": (10, "the runner was stopped by a signal; the target was rolled back"),
+}
+
+EXIT_SUCCESS = 0
+
+
+def exit_code(reason: str) -> int:
+    """The exit code for a reason; unknown reasons count as RestoreFailed."""
+    return FAILURES.get(reason, FAILURES["RestoreFailed"])[0]
+
+
+class RunnerFailure(Exception):
+    """A failure with a known reason. `message` is one short sentence for people."""
+
+    def __init__(self, reason: str, message: str):
+        if reason not in FAILURES:
+            raise ValueError(f"unknown failure reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def invalid_plan(message: str) -> RunnerFailure:
+    return RunnerFailure("InvalidPlan", message)
+
+
+def fetch_failed(message: str) -> RunnerFailure:
+    return RunnerFailure("FetchFailed", message)
+
+
+def unsafe(message: str) -> RunnerFailure:
+    return RunnerFailure("UnsafeArchive", message)
+
+
+def corrupt(message: str) -> RunnerFailure:
+    return RunnerFailure("CorruptArchive", message)
+
+
+def limit_exceeded(message: str) -> RunnerFailure:
+    return RunnerFailure("LimitExceeded", message)
+
+
+def restore_failed(message: str) -> RunnerFailure:
+    return RunnerFailure("RestoreFailed", message)

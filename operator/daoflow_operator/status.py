@@ -1,0 +1,311 @@
+"""Status transitions, as pure functions: what was observed in, the next status out.
+
+Queue, Execute, Verify and Record are decided here. `decide()` takes the restore's
+current status and what the shell observed (the BackupRun, its destination, the
+Job and the runner's report) and returns the next status, the Job to create if any,
+and the events to post. It never reads a clock or the network: `now` is passed in.
+
+Rules that hold by construction:
+- A condition's lastTransitionTime changes only when its status changes.
+- An event and an audit entry are produced only by a transition, so a repeated
+  observation produces neither, and `changed()` lets the shell skip the write.
+- Once completionTime is set, the record has reached its end and `decide()` returns
+  it untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from . import planning
+from .api import models
+
+AUDIT_LIMIT = 64
+
+# Condition types.
+VALIDATED = "Validated"
+STARTED = "Started"
+ARTIFACT_VERIFIED = "ArtifactVerified"
+SUCCEEDED = "Succeeded"
+READY = "Ready"
+
+# Reasons the operator itself gives (planning.py has those of validation).
+JOB_CREATED = "JobCreated"
+JOB_RUNNING = "JobRunning"
+JOB_DELETED = "JobDeleted"
+JOB_FAILED = "JobFailed"
+RESTORE_SUCCEEDED = "RestoreSucceeded"
+REPORT_MISSING = "ReportMissing"
+
+
+@dataclass
+class Observation:
+    """What the shell read from the cluster for one decision."""
+
+    run: dict | None = None
+    destination: dict | None = None
+    job: dict | None = None
+    job_missing: bool = False  # True when the Job named in status.jobRef was looked up and is gone
+    report: str | None = None  # the runner's termination message, when its pod has ended
+
+
+@dataclass
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any]
+    create_job: bool = False
+    events: list[Event] = field(default_factory=list)
+    wait: planning.Verdict | None = None  # set while waiting for the BackupRun: retry with backoff
+
+
+def fmt_time(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_final(status: dict | None) -> bool:
+    return bool((status or {}).get("completionTime"))
+
+
+def get_condition(status: dict, ctype: str) -> dict | None:
+    return next((c for c in status.get("conditions", []) if c.get("type") == ctype), None)
+
+
+def set_condition(status: dict, ctype: str, value: str, reason: str, message: str,
+                  generation: int | None, now: datetime) -> bool:
+    """Sets a condition in place (cert-manager semantics). Returns True when its status flipped."""
+    conditions = status.setdefault("conditions", [])
+    old = get_condition(status, ctype)
+    new = {"type": ctype, "status": value, "reason": reason, "message": message[:32768],
+           "lastTransitionTime": fmt_time(now), "observedGeneration": generation}
+    if old is None:
+        conditions.append(new)
+        return True
+    flipped = old.get("status") != value
+    if not flipped:
+        new["lastTransitionTime"] = old.get("lastTransitionTime", new["lastTransitionTime"])
+    old.clear()
+    old.update(new)
+    return flipped
+
+
+def derive_phase(status: dict) -> str:
+    """The one-word phase shown to humans; derived from conditions, never branched on."""
+    def cond(t: str) -> dict:
+        return get_condition(status, t) or {}
+
+    succeeded, validated, started = cond(SUCCEEDED), cond(VALIDATED), cond(STARTED)
+    if succeeded.get("status") == "True":
+        return "Succeeded"
+    if succeeded.get("status") == "False":
+        return "Failed"
+    if validated.get("status") == "False" and status.get("completionTime"):
+        return "Rejected"
+    if cond(READY).get("reason") == "Planned":
+        return "Planned"
+    if started.get("status") == "True":
+        return "Running" if started.get("reason") == JOB_RUNNING else "Queued"
+    return "Pending"
+
+
+def audit(status: dict, now: datetime, step: str, outcome: str, message: str) -> None:
+    trail = status.setdefault("auditTrail", [])
+    trail.append({"time": fmt_time(now), "step": step, "outcome": outcome, "message": message[:1024]})
+    if len(trail) > AUDIT_LIMIT:
+        # Keep the first entries (how it began) and the latest ones (how it ended).
+        del trail[8:len(trail) - AUDIT_LIMIT + 8]
+
+
+def changed(old: dict | None, new: dict) -> bool:
+    return json.loads(json.dumps(old or {}, default=str)) != json.loads(json.dumps(new, default=str))
+
+
+def status_patch(old: dict | None, new: dict) -> dict:
+    """A JSON merge patch from old to new status; top-level keys only, None deletes."""
+    old = old or {}
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch
+
+
+def parse_report(text: str | None) -> dict | None:
+    """The runner's JSON report from a termination message; None when absent or not JSON."""
+    if not text:
+        return None
+    try:
+        report = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(report, dict):
+        return None
+    try:
+        return models.RestoreResult.model_validate(report).dump()
+    except ValueError:
+        return None
+
+
+def _job_condition(job: dict, ctype: str) -> dict | None:
+    return next((c for c in (job.get("status") or {}).get("conditions") or []
+                 if c.get("type") == ctype and c.get("status") == "True"), None)
+
+
+def job_outcome(job: dict) -> str:
+    """'complete', 'failed', 'running' or 'queued' from a Job's status conditions and counters."""
+    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
+        return "complete"
+    if _job_condition(job, "Failed") or _job_condition(job, "FailureTarget"):
+        return "failed"
+    status = job.get("status") or {}
+    if status.get("ready") or (status.get("active") and status.get("startTime")):
+        return "running"
+    return "queued"
+
+
+FOLLOW_UP = {
+    "volume": "Restart the workloads that mount PersistentVolumeClaim {claim} so that they read the restored data.",
+    "postgres": "Check that the application's schema migrations match the restored database, then restart it.",
+}
+
+
+def decide(restore: dict, observed: Observation, now: datetime) -> Decision:
+    """The next status of a BackupRestore, given what was observed. Pure."""
+    old = restore.get("status") or {}
+    if is_final(old):
+        return Decision(status=old)
+    status = copy.deepcopy(old)
+    generation = (restore.get("metadata") or {}).get("generation")
+    namespace = (restore.get("metadata") or {}).get("namespace", "")
+    spec = models.BackupRestoreSpec.model_validate(restore.get("spec") or {})
+    events: list[Event] = []
+    decision = Decision(status=status, events=events)
+
+    def finish() -> None:
+        status["completionTime"] = fmt_time(now)
+
+    if not status.get("jobRef"):
+        result = planning.plan(namespace, spec, observed.run, observed.destination)
+        verdict = result.verdict
+        status["plan"] = result.plan.dump()
+        if verdict.outcome == "wait":
+            if set_condition(status, VALIDATED, "False", verdict.reason, verdict.message, generation, now) \
+                    or (get_condition(old, VALIDATED) or {}).get("reason") != verdict.reason:
+                audit(status, now, "validate", "waiting", verdict.message)
+                events.append(Event("Warning", verdict.reason, verdict.message + "; retrying with backoff"))
+            set_condition(status, READY, "False", verdict.reason, verdict.message, generation, now)
+            decision.wait = verdict
+        elif verdict.outcome == "reject":
+            drifted = verdict.reason == planning.PLAN_DRIFTED
+            set_condition(status, VALIDATED, "True" if drifted else "False", verdict.reason, verdict.message,
+                          generation, now)
+            if drifted:
+                set_condition(status, SUCCEEDED, "False", verdict.reason, verdict.message, generation, now)
+            set_condition(status, READY, "False", verdict.reason, verdict.message, generation, now)
+            audit(status, now, "validate", "rejected" if not drifted else "failed", verdict.message)
+            events.append(Event("Warning", verdict.reason, verdict.message))
+            finish()
+        elif spec.dry_run:
+            set_condition(status, VALIDATED, "True", "Validated", verdict.message, generation, now)
+            set_condition(status, READY, "True", "Planned",
+                          f"plan {result.plan.plan_hash[:12]} is ready; no Job was created (dry run)", generation, now)
+            audit(status, now, "validate", "ok", verdict.message)
+            audit(status, now, "preview", "ok", f"plan {result.plan.plan_hash[:12]} computed; dry run, nothing queued")
+            events.append(Event("Normal", "Planned", f"dry run: plan {result.plan.plan_hash[:12]} written to status"))
+            finish()
+        else:
+            from .jobs import job_name  # the Job's fixed name is part of the record
+
+            name = job_name(restore["metadata"]["name"])
+            set_condition(status, VALIDATED, "True", "Validated", verdict.message, generation, now)
+            set_condition(status, STARTED, "True", JOB_CREATED, f"Job {name} created", generation, now)
+            set_condition(status, READY, "False", "Queued", f"restore queued as Job {name}", generation, now)
+            status["jobRef"] = {"name": name}
+            status["startTime"] = fmt_time(now)
+            audit(status, now, "validate", "ok", verdict.message)
+            audit(status, now, "queue", "ok", f"restore request recorded; Job {name} created")
+            events.append(Event("Normal", "Validated", verdict.message))
+            events.append(Event("Normal", "Queued", f"created Job {name} for plan {result.plan.plan_hash[:12]}"))
+            decision.create_job = True
+        status["observedGeneration"] = generation
+        status["phase"] = derive_phase(status)
+        return decision
+
+    # -- the Job exists (or existed): follow it to its end --------------------------------
+    job_name_ = status["jobRef"]["name"]
+    job = observed.job
+    if observed.job_missing:
+        outcome = "deleted"
+    elif job is None:
+        return decision  # not observed this time; nothing to conclude
+    else:
+        outcome = job_outcome(job)
+
+    if outcome == "deleted":
+        message = f"Job {job_name_} was deleted before it finished; the restore is not retried"
+        set_condition(status, SUCCEEDED, "False", JOB_DELETED, message, generation, now)
+        set_condition(status, READY, "False", JOB_DELETED, message, generation, now)
+        audit(status, now, "execute", "failed", message)
+        events.append(Event("Warning", JOB_DELETED, message))
+        finish()
+    elif outcome == "running" and (get_condition(status, STARTED) or {}).get("reason") != JOB_RUNNING:
+        set_condition(status, STARTED, "True", JOB_RUNNING, f"Job {job_name_} is running", generation, now)
+        set_condition(status, READY, "False", "Running", "fetching, verifying and restoring the artifact; "
+                      f"progress: kubectl logs -n {namespace} job/{job_name_}", generation, now)
+        audit(status, now, "fetch", "ok", f"Job {job_name_} started fetching the artifact")
+        events.append(Event("Normal", "Fetching", f"Job {job_name_} started fetching the artifact"))
+    elif outcome == "complete":
+        report = parse_report(observed.report)
+        if report:
+            status["result"] = report
+        plan = status.get("plan") or {}
+        sha = (plan.get("artifact") or {}).get("sha256")
+        verified = bool(report and report.get("verified") and report.get("sha256") == sha)
+        if not any(e.get("step") == "fetch" for e in status.get("auditTrail", [])):
+            audit(status, now, "fetch", "ok", f"Job {job_name_} fetched the artifact")
+        if verified:
+            set_condition(status, ARTIFACT_VERIFIED, "True", "ChecksumMatched", f"sha256 {sha} matched", generation, now)
+            audit(status, now, "execute", "ok", f"Job {job_name_} restored {report.get('bytes')} bytes, "
+                                                f"{report.get('files')} files")
+            audit(status, now, "verify", "ok", f"sha256 {sha} matched before the data became visible")
+        else:
+            detail = "the runner's report is missing or does not confirm the checksum"
+            set_condition(status, ARTIFACT_VERIFIED, "Unknown", REPORT_MISSING, detail, generation, now)
+            audit(status, now, "verify", "failed", detail)
+            events.append(Event("Warning", REPORT_MISSING, f"Job {job_name_} completed, but {detail}"))
+        message = f"restored from BackupRun {spec.backup_run_ref.name} by Job {job_name_}"
+        set_condition(status, SUCCEEDED, "True", RESTORE_SUCCEEDED, message, generation, now)
+        set_condition(status, READY, "True", RESTORE_SUCCEEDED, message, generation, now)
+        target = plan.get("target") or {}
+        claim = (target.get("persistentVolumeClaim") or {}).get("claimName", "")
+        if target.get("type") in FOLLOW_UP:
+            status["followUp"] = FOLLOW_UP[target["type"]].format(claim=claim)
+        audit(status, now, "record", "ok", message + "; the BackupRun and the artifact were not changed")
+        events.append(Event("Normal", "Succeeded", message))
+        finish()
+    elif outcome == "failed":
+        report = parse_report(observed.report)
+        if report:
+            status["result"] = report
+        cond = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget") or {}
+        reason = (report or {}).get("reason") or cond.get("reason") or JOB_FAILED
+        message = (report or {}).get("message") or cond.get("message") or f"Job {job_name_} failed"
+        message = f"Job {job_name_} failed: {message}"
+        if reason == "ChecksumMismatch":
+            set_condition(status, ARTIFACT_VERIFIED, "False", reason, message, generation, now)
+        set_condition(status, SUCCEEDED, "False", reason, message, generation, now)
+        set_condition(status, READY, "False", reason, message, generation, now)
+        audit(status, now, "verify" if reason == "ChecksumMismatch" else "execute", "failed", message)
+        audit(status, now, "record", "failed", "the restore failed and is not retried; the BackupRun was not changed")
+        events.append(Event("Warning", reason, message))
+        finish()
+    status["observedGeneration"] = generation
+    status["phase"] = derive_phase(status)
+    return decision
