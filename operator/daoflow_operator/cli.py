@@ -152,6 +152,9 @@ def print_plan(result: planning.PlanResult, out) -> None:
 def cmd_restore(args) -> int:
     if args.dry_run and args.yes:
         raise CliError("--dry-run and --yes exclude each other", EXIT_USAGE)
+    if not args.dry_run and not args.yes and not sys.stdin.isatty():
+        raise CliError("refusing to restore without confirmation: pass --yes to restore, "
+                       "or --dry-run to preview the plan", EXIT_USAGE)
     namespace = _namespace(args)
     spec = restore_spec(args)
     client = _client(args)
@@ -164,9 +167,6 @@ def cmd_restore(args) -> int:
             print_plan(result, sys.stdout)
         return EXIT_OK if result.verdict.outcome != "reject" else EXIT_RESTORE_FAILED
     if not args.yes:
-        if not sys.stdin.isatty():
-            raise CliError("refusing to restore without confirmation: pass --yes to restore, "
-                           "or --dry-run to preview the plan", EXIT_USAGE)
         result = compute_plan(client, namespace, spec)
         print_plan(result, sys.stderr)
         answer = input(f"Restore BackupRun {spec.backup_run_ref.name} now? [y/N] ").strip().lower()
@@ -253,18 +253,21 @@ def cmd_list(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="daoflow", description="Restore data from backups on Kubernetes.")
-    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
-    p.add_argument("--context")
-    p.add_argument("-n", "--namespace")
+    # Cluster options are accepted before or after the subcommand, as kubectl does.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--kubeconfig", default=argparse.SUPPRESS, help="path of the kubeconfig (default: $KUBECONFIG)")
+    common.add_argument("--context", default=argparse.SUPPRESS, help="the kubeconfig context to use")
+    common.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="the namespace (default: the context's)")
+    p = argparse.ArgumentParser(prog="daoflow", description="Restore data from backups on Kubernetes.",
+                                parents=[common])
     sub = p.add_subparsers(dest="group", required=True)
     backup = sub.add_parser("backup", help="backups and restores").add_subparsers(dest="command", required=True)
 
-    lst = backup.add_parser("list", help="list BackupRuns")
+    lst = backup.add_parser("list", help="list BackupRuns", parents=[common])
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_list)
 
-    restore = backup.add_parser("restore", help="preview or queue a restore of a BackupRun")
+    restore = backup.add_parser("restore", help="preview or queue a restore of a BackupRun", parents=[common])
     restore.add_argument("--backup-run-id", required=True, metavar="NAME", help="the BackupRun to restore")
     restore.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     restore.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
@@ -282,6 +285,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    for option, default in (("kubeconfig", os.environ.get("KUBECONFIG") or None), ("context", None), ("namespace", None)):
+        if not hasattr(args, option):
+            setattr(args, option, default)
     try:
         return args.func(args)
     except CliError as exc:

@@ -55,3 +55,8 @@ def test_the_cache_folder_changes_with_any_pinned_version(monkeypatch):
     before = build.bin_dir()
     monkeypatch.setattr(versions, "ETCD", "v3.6.99")
     assert build.bin_dir() != before
+
+
+def test_binary_names_follow_go_build():
+    assert build.go_binary_name("go.etcd.io/etcd/server/v3") == "server"
+    assert build.go_binary_name("k8s.io/kubernetes/cmd/kubectl") == "kubectl"

@@ -90,6 +90,12 @@ def wrapper_gomod(group: str, module: str, version: str, upstream_gomod: str) ->
     return "\n".join(lines)
 
 
+def go_binary_name(package: str) -> str:
+    """The file name `go build -o dir/` gives a main package: its last path element, not a /vN suffix."""
+    parts = package.rstrip("/").split("/")
+    return parts[-2] if re.fullmatch(r"v[0-9]+", parts[-1]) and len(parts) > 1 else parts[-1]
+
+
 def ldflags(group: str, version: str) -> str:
     flags = ["-s", "-w"]
     if group == "kubernetes":
@@ -146,9 +152,7 @@ def build_group(group: str, dest: Path, log=print) -> None:
     )
     dest.mkdir(parents=True, exist_ok=True)
     for name, pkg in spec["packages"].items():
-        built = out / pkg.rstrip("/").split("/")[-1]
-        if not built.exists() and name == "etcd":
-            built = out / "v3"  # the etcd server module's main package sits at its root
+        built = out / go_binary_name(pkg)
         if not built.exists():
             raise BuildError(f"{what}: no binary produced for {pkg}")
         os.replace(built, dest / name)

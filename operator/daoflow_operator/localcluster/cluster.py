@@ -240,8 +240,9 @@ class LocalCluster:
             "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
             "--use-service-account-credentials=false",
-            "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service,"
-            "-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ttl,-bootstrapsigner,-tokencleaner",
+            # Controllers for real nodes and cloud volumes have nothing to do next to KWOK.
+            "--controllers=*,-node-ipam-controller,-node-lifecycle-controller,-taint-eviction-controller,"
+            "-persistentvolume-attach-detach-controller,-persistentvolume-expander-controller,-ttl-controller",
             "--concurrent-job-syncs=10",
         ], w / "logs" / "kube-controller-manager.log")
         scheduler = Component("kube-scheduler", [

@@ -77,12 +77,12 @@ def show(name: str, limit: int = 120) -> str:
     return repr(text)
 
 
-def _decode(raw: bytes) -> str:
+def decode_name(raw: bytes) -> str:
     # Linux file names are bytes; surrogateescape keeps any byte and os.* writes it back.
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _cstr(field: bytes) -> bytes:
+def cstr(field: bytes) -> bytes:
     end = field.find(b"\x00")
     return field if end < 0 else field[:end]
 
@@ -96,7 +96,7 @@ def parse_number(field: bytes, what: str) -> int:
         elif field[0] != 0x80:
             raise corrupt(f"tar header has a malformed {what} field")
         return value
-    text = _cstr(field).strip(b" ")
+    text = cstr(field).strip(b" ")
     if not text:
         return 0
     try:
@@ -119,10 +119,10 @@ def parse_header(block: bytes) -> Header:
     signed = sum(b - 256 if b > 127 else b for b in masked)
     if stored not in (unsigned, signed):
         raise corrupt("tar header checksum does not match (not a tar archive, or damaged)")
-    name = _cstr(block[0:100])
+    name = cstr(block[0:100])
     magic = block[257:263]
     if magic == b"ustar\x00":  # POSIX ustar: a prefix field extends the name
-        prefix = _cstr(block[345:500])
+        prefix = cstr(block[345:500])
         if prefix:
             name = prefix + b"/" + name
     typeflag = block[156:157]
@@ -130,12 +130,12 @@ def parse_header(block: bytes) -> Header:
     if typeflag in (b"0", b"\x00") and name.endswith(b"/"):
         typeflag = b"5"
     return Header(
-        name=_decode(name),
+        name=decode_name(name),
         mode=parse_number(block[100:108], "mode"),
         size=parse_number(block[124:136], "size"),
         mtime=float(parse_number(block[136:148], "mtime")),
         typeflag=typeflag,
-        linkname=_decode(_cstr(block[157:257])),
+        linkname=decode_name(cstr(block[157:257])),
     )
 
 
@@ -168,7 +168,7 @@ def parse_pax(data: bytes) -> dict[str, str]:
         key, eq, value = data[space + 1 : end - 1].partition(b"=")
         if not eq:
             raise corrupt("pax header is malformed")
-        records[key.decode("utf-8", "replace")] = _decode(value)
+        records[key.decode("utf-8", "replace")] = decode_name(value)
         pos = end
     return records
 

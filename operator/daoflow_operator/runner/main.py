@@ -1,0 +1,317 @@
+"""The restore runner: the program inside the restore Job.
+
+One restore, in the product's steps:
+  fetch    read the artifact once from S3 or a volume, hashing every byte   (fetch.py, s3.py)
+  verify   the sha256 and size must equal the pinned ones                   (verify_checksum)
+  execute  unpack into staging and commit, or pg_restore in one transaction (unpack.py,
+           commit.py, postgres.py); nothing becomes visible before verify has passed
+  record   progress lines on stdout, the report in the termination-message file (report.py)
+
+Usage: python -m daoflow_operator.runner [--plan FILE] [--report FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+
+from . import decompress, members
+from .commit import Workspace, not_empty_message, visible_entries
+from .failures import FAILURES, RunnerFailure, exit_code, invalid_plan
+from .fetch import Fetch, Progress, open_s3_artifact, open_volume_artifact
+from .plan import Artifact, Plan, PostgresTarget, S3Source, parse_plan
+from .postgres import count_user_objects, read_database_credentials, run_pg_restore, toc_entries
+from .report import Redactor, build_report, progress_line, render_report
+from .tarstream import TarStream
+from .unpack import Unpacker
+
+DEFAULT_PLAN = "/etc/daoflow/plan/plan.json"
+DEFAULT_REPORT = "/dev/termination-log"
+MAX_PLAN_BYTES = 1 << 20
+# Failures that the archive's content causes: worth checking whether the content was the
+# pinned one at all before blaming it (a flipped byte usually breaks decompression first).
+CONTENT_FAILURES = ("UnsafeArchive", "CorruptArchive", "LimitExceeded")
+
+
+@dataclass
+class Result:
+    bytes: int = 0
+    files: int = 0
+    sha256: str = ""
+    verified: bool = False
+
+
+class Output:
+    """stdout carries JSON lines only; stderr carries log lines. Both pass the redactor."""
+
+    def __init__(self, redact: Redactor, stdout=None, stderr=None):
+        self.redact = redact
+        self._stdout = stdout or sys.stdout
+        self._stderr = stderr or sys.stderr
+        self._lock = threading.Lock()
+
+    def json_line(self, line: str) -> None:
+        with self._lock:
+            self._stdout.write(self.redact(line) + "\n")
+            self._stdout.flush()
+
+    def log(self, text: str) -> None:
+        with self._lock:
+            self._stderr.write(self.redact(f"daoflow-runner: {text}") + "\n")
+            self._stderr.flush()
+
+
+class Ticker(threading.Thread):
+    """Prints one progress line every `interval` seconds until stopped, then a last one."""
+
+    def __init__(self, progress: Progress, interval: float, out: Output):
+        super().__init__(name="progress", daemon=True)
+        self.progress, self.interval, self.out = progress, interval, out
+        self._stopped = threading.Event()
+
+    def line(self) -> None:
+        p = self.progress
+        self.out.json_line(progress_line(p.bytes_done, p.bytes_total, p.files_done))
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            self.line()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=2)
+        self.line()
+
+
+class Signals:
+    """SIGTERM/SIGINT raise Interrupted once, so that the rollback code runs; later ones are
+    ignored so that they cannot cut the rollback short."""
+
+    def __init__(self) -> None:
+        self.armed = True
+
+    def handler(self, signum, _frame) -> None:
+        if not self.armed:
+            return
+        self.armed = False
+        raise RunnerFailure("Interrupted", f"stopped by {signal.Signals(signum).name}; nothing was committed")
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.handler)
+            signal.signal(signal.SIGINT, self.handler)
+
+
+def load_plan(path: str) -> Plan:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PLAN_BYTES + 1)
+    except OSError as exc:
+        raise invalid_plan(f"cannot read the plan file {path}: {exc.strerror}") from None
+    if len(data) > MAX_PLAN_BYTES:
+        raise invalid_plan("the plan file is larger than 1 MiB")
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        raise invalid_plan(f"the plan file {path} is not valid JSON") from None
+    return parse_plan(raw)
+
+
+def verify_checksum(artifact: Artifact, sha256: str, size: int) -> None:
+    """Verify: pure. The artifact read must be exactly the pinned one."""
+    if size != artifact.size_bytes:
+        raise RunnerFailure(
+            "ChecksumMismatch", f"the artifact is {size} bytes, the pinned size is {artifact.size_bytes}"
+        )
+    if sha256 != artifact.sha256:
+        raise RunnerFailure(
+            "ChecksumMismatch", f"the artifact's sha256 is {sha256}, the pinned one is {artifact.sha256}"
+        )
+
+
+def fetch(plan: Plan, progress: Progress, redact: Redactor) -> Fetch:
+    """Fetch: open the artifact and start reading it in the background."""
+    if isinstance(plan.source, S3Source):
+        obj = open_s3_artifact(plan.source, plan.s3_key)
+        if obj.credentials is not None:
+            redact.add(obj.credentials.access_key_id, obj.credentials.secret_access_key,
+                       obj.credentials.session_token)
+        chunks, declared = obj.chunks(), (lambda: obj.length)
+    else:
+        chunks, size = open_volume_artifact(plan.source, plan.artifact.path)
+        declared = lambda: size  # noqa: E731
+    reader = Fetch(chunks, size_bytes=plan.artifact.size_bytes, progress=progress,
+                   declared_size=declared)
+    reader.start()
+    return reader
+
+
+def _verify_after_failure(reader: Fetch, plan: Plan, result: Result, failure: RunnerFailure) -> None:
+    """An archive failed to unpack: read the rest and, if it is not the pinned artifact,
+    report that instead, since it is the cause."""
+    try:
+        result.sha256, result.bytes = reader.finish()
+    except RunnerFailure:
+        return  # cannot tell; the unpack failure stands
+    verify_checksum(plan.artifact, result.sha256, result.bytes)
+    result.verified = True
+
+
+def execute_volume(plan: Plan, progress: Progress, result: Result, out: Output) -> None:
+    target = plan.target.mount_path  # type: ignore[union-attr]
+    if not os.path.isdir(target):
+        raise RunnerFailure("RestoreFailed", f"the target {target} is not a mounted folder")
+    ws = Workspace(target)
+    ws.sync = os.environ.get("DAOFLOW_RUNNER_SYNC", "true").lower() not in ("0", "false", "no")
+    recovered = ws.recover()
+    if recovered:
+        out.log(recovered)
+    if plan.existing_data == "FailIfNotEmpty":
+        names = visible_entries(target)
+        if names:
+            raise RunnerFailure("TargetNotEmpty", not_empty_message(names))
+    reader = fetch(plan, progress, out.redact)
+    committed = False
+    try:
+        ws.create()
+        unpacker = Unpacker(ws.staging, ws.dir, progress)
+        budget = members.Budget(plan.limits.max_members, plan.limits.max_bytes)
+        stream = TarStream(decompress.DECOMPRESSORS[plan.artifact.format](reader), budget)
+        try:
+            unpacker.unpack(stream)
+        except RunnerFailure as failure:
+            if failure.reason in CONTENT_FAILURES:
+                _verify_after_failure(reader, plan, result, failure)
+            raise
+        result.sha256, result.bytes = reader.finish()
+        verify_checksum(plan.artifact, result.sha256, result.bytes)
+        result.verified = True
+        unpacker.make_symlinks()
+        if plan.existing_data != "Merge":
+            unpacker.apply_dir_metadata(ws.staging)
+        ws.commit(plan.existing_data)
+        committed = True
+        if plan.existing_data == "Merge":
+            unpacker.apply_dir_metadata(target)
+        result.files = unpacker.files
+    finally:
+        try:
+            reader.stop()
+        finally:
+            if committed:
+                ws.finish()
+            elif not ws.discard():
+                out.log(f"old data that could not be put back is kept in {ws.previous}")
+
+
+def execute_postgres(plan: Plan, progress: Progress, result: Result, out: Output) -> None:
+    db = read_database_credentials(plan.target.credentials_dir)  # type: ignore[union-attr]
+    out.redact.add(db.password)
+    if plan.existing_data == "FailIfNotEmpty":
+        objects = count_user_objects(db)
+        if objects:
+            raise RunnerFailure(
+                "TargetNotEmpty",
+                f"the target database holds {objects} tables, views or sequences; existingData "
+                "must be Replace or Merge to restore over data",
+            )
+    scratch = os.environ.get("DAOFLOW_RUNNER_SCRATCH") or tempfile.gettempdir()
+    # pg_restore needs the whole, verified dump before it may touch the database: the dump is
+    # spooled to scratch space while it is hashed, then restored from there.
+    fd, spool = tempfile.mkstemp(prefix="daoflow-dump-", suffix=".pgdump", dir=scratch)
+    reader = fetch(plan, progress, out.redact)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in reader:
+                f.write(chunk)
+        result.sha256, result.bytes = reader.finish()
+        verify_checksum(plan.artifact, result.sha256, result.bytes)
+        result.verified = True
+        result.files = toc_entries(spool)
+        progress.files_done = result.files
+        run_pg_restore(db, plan.existing_data, spool, out.log)
+    except OSError as exc:
+        raise RunnerFailure("RestoreFailed", f"spooling the dump to {scratch} failed: {exc.strerror}") from None
+    finally:
+        try:
+            reader.stop()
+        finally:
+            os.unlink(spool)
+
+
+def execute(plan: Plan, progress: Progress, result: Result, out: Output) -> None:
+    progress.bytes_total = plan.artifact.size_bytes
+    if isinstance(plan.target, PostgresTarget):
+        execute_postgres(plan, progress, result, out)
+    else:
+        execute_volume(plan, progress, result, out)
+
+
+def record(report: dict, path: str, out: Output) -> None:
+    """Record: the report into the termination-message file, and as the last stdout line."""
+    text = render_report(report, out.redact)
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        out.log(f"cannot write the report to {path}: {exc.strerror}")
+    out.json_line(json.dumps({"result": json.loads(text)}, separators=(",", ":"), ensure_ascii=False))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m daoflow_operator.runner",
+        description="Fetch, verify and restore one backup artifact (the restore Job's program).",
+        epilog="exit codes: " + ", ".join(f"{code} {reason}" for reason, (code, _) in FAILURES.items()),
+    )
+    parser.add_argument("--plan", default=os.environ.get("DAOFLOW_RUNNER_PLAN", DEFAULT_PLAN),
+                        help="the plan JSON file (env DAOFLOW_RUNNER_PLAN)")
+    parser.add_argument("--report", default=os.environ.get("DAOFLOW_TERMINATION_LOG", DEFAULT_REPORT),
+                        help="where the final report goes (env DAOFLOW_TERMINATION_LOG)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, stdout=None, stderr=None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    redact = Redactor()
+    out = Output(redact, stdout, stderr)
+    progress = Progress()
+    try:
+        interval = float(os.environ.get("DAOFLOW_PROGRESS_INTERVAL_SECONDS", "5"))
+    except ValueError:
+        interval = 5.0
+    ticker = Ticker(progress, max(interval, 0.05), out)
+    ticker.start()
+    signals = Signals()
+    signals.install()
+    result = Result()
+    reason = message = None
+    try:
+        try:
+            plan = load_plan(args.plan)
+            execute(plan, progress, result, out)
+        finally:
+            signals.armed = False
+    except RunnerFailure as failure:
+        reason, message = failure.reason, failure.message
+    except Exception as exc:
+        reason, message = "RestoreFailed", f"unexpected error: {type(exc).__name__}: {exc}"
+        out.log(traceback.format_exc())
+    ticker.stop()
+    if reason:
+        out.log(f"{reason}: {message}")
+    report = build_report(
+        bytes_=result.bytes, files=result.files, sha256=result.sha256, verified=result.verified,
+        duration_seconds=time.monotonic() - started, reason=reason, message=message,
+    )
+    record(report, args.report, out)
+    return exit_code(reason) if reason else 0

@@ -1,0 +1,95 @@
+"""End-to-end fixtures: the CRDs and RBAC installed once, and operators that run as their ServiceAccount."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from daoflow_operator import dev
+
+
+@pytest.fixture(scope="session")
+def installed(cluster):
+    """CRDs, the operator's RBAC and the scope policy, exactly as shipped in crds/ and manifests/."""
+    dev.install(str(cluster.kubeconfig), samples=False)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(installed, tmp_path_factory) -> Path:
+    """Credentials of the operator's ServiceAccount: the operator never runs as admin here."""
+    return dev.serviceaccount_kubeconfig(str(installed.kubeconfig),
+                                         tmp_path_factory.mktemp("operator") / "kubeconfig", duration="4h")
+
+
+@dataclass
+class OperatorProcess:
+    namespace: str
+    kubeconfig: Path
+    log: Path
+    env_extra: dict
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> "OperatorProcess":
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "DAOFLOW_WATCH_NAMESPACES": self.namespace,
+               "DAOFLOW_WAIT_BACKOFF_MIN_SECONDS": "1", "DAOFLOW_WAIT_BACKOFF_MAX_SECONDS": "4",
+               "DAOFLOW_RUNNER_IMAGE": "daoflow-operator:test", **self.env_extra}
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "daoflow_operator"], env=env, stdout=out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        out.close()
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_operator(operator_kubeconfig, namespace, tmp_path, request):
+    """Starts an operator that watches only this test's namespace (so tests can configure it)."""
+    started: list[OperatorProcess] = []
+
+    def start(**env_extra) -> OperatorProcess:
+        op = OperatorProcess(namespace, operator_kubeconfig, tmp_path / f"operator-{len(started)}.log",
+                             {k: v if isinstance(v, str) else json.dumps(v) for k, v in env_extra.items()})
+        started.append(op.start())
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for op in started:
+            print(f"--- operator log {op.log} ---\n{op.output()[-6000:]}")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def operator(start_operator):
+    return start_operator()
