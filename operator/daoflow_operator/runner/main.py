@@ -97,6 +97,7 @@ class Signals:
 
     def __init__(self) -> None:
         self.armed = True
+        self._previous: dict[int, object] = {}
 
     def handler(self, signum, _frame) -> None:
         if not self.armed:
@@ -106,8 +107,12 @@ class Signals:
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.handler)
-            signal.signal(signal.SIGINT, self.handler)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self.handler)
+
+    def uninstall(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def load_plan(path: str) -> Plan:
@@ -307,6 +312,7 @@ def main(argv: list[str] | None = None, stdout=None, stderr=None) -> int:
         reason, message = "RestoreFailed", f"unexpected error: {type(exc).__name__}: {exc}"
         out.log(traceback.format_exc())
     ticker.stop()
+    signals.uninstall()
     if reason:
         out.log(f"{reason}: {message}")
     report = build_report(
