@@ -172,6 +172,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     settings.posting.enabled = False
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Only the operator's own Jobs are streamed, filtered by the API server.
+    settings.watching.label_selectors["batch", "jobs"] = f"app.kubernetes.io/managed-by={jobs.MANAGED_BY}"
+    # The CRDs are installed before the operator starts, so it need not watch CRDs or
+    # namespaces appear: least privilege, no RBAC for either.
+    settings.scanning.disabled = True
     config = Config.from_env()
     memo.operator = Operator(Kube(api_client_from_env()), config)
     memo.worker = asyncio.create_task(memo.operator.queue.run())

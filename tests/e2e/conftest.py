@@ -93,3 +93,8 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def operator(start_operator):
     return start_operator()
+
+
+@pytest.fixture(autouse=True)
+def _crds_installed(installed):
+    """Every end-to-end test runs with the project's CRDs and RBAC in place."""

@@ -74,7 +74,7 @@ def show(name: str, limit: int = 120) -> str:
     text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
-    return repr(text)
+    return f"'{text}'"
 
 
 def decode_name(raw: bytes) -> str:
