@@ -181,9 +181,10 @@ def test_sigterm_midway_rolls_back_and_reports_interrupted(sample, tmp_path):
                             env=dict(os.environ, DAOFLOW_PROGRESS_INTERVAL_SECONDS="0.1"))
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # bounded: fails below if never midway
             line = json.loads(proc.stdout.readline())
-            if line.get("progress", {}).get("bytesDone", 0) >= TrickleHandler.sent:
+            # The client reads whole 1 MiB chunks, so the last partial chunk is not counted.
+            if line.get("progress", {}).get("bytesDone", 0) >= TrickleHandler.sent - (2 << 20):
                 break
         staged = target / ".daoflow-restore" / "staging"
         assert staged.exists() and os.listdir(staged), "the restore should be midway"
