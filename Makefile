@@ -40,8 +40,12 @@ run: install ## Run the operator (the local control plane when KUBECONFIG is uns
 crds: install ## Generate crds/ from the pydantic models
 	$(PY) -m daoflow_operator.api.crdgen crds
 
+.PHONY: test-deps
+test-deps: ## Install the system packages the tests need (PostgreSQL), if missing
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || bash hack/install-storage.sh
+
 .PHONY: test
-test: install ## Run the whole test suite (starts the local control plane once)
+test: install test-deps ## Run the whole test suite (starts the local control plane once)
 	$(PY) -m pytest
 
 .PHONY: bench

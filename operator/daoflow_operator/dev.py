@@ -43,7 +43,7 @@ def install(kubeconfig: str, samples: bool = True) -> None:
     if samples:
         kubectl(kubeconfig, "apply", "-f", str(REPO / "manifests" / "samples"))
         kubectl(kubeconfig, "patch", "backuprun", "app-data-nightly", "-n", "daoflow-demo", "--subresource=status",
-                "--type=merge", "--patch-file", str(REPO / "manifests" / "samples" / "backuprun-status.json"))
+                "--type=merge", "--patch-file", str(REPO / "manifests" / "samples" / "status" / "backuprun-status.json"))
 
 
 def serviceaccount_kubeconfig(kubeconfig: str, out: Path, duration: str = "24h") -> Path:

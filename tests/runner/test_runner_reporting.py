@@ -186,6 +186,8 @@ def test_sigterm_midway_rolls_back_and_reports_interrupted(sample, tmp_path):
             # The client reads whole 1 MiB chunks, so the last partial chunk is not counted.
             if line.get("progress", {}).get("bytesDone", 0) >= TrickleHandler.sent - (2 << 20):
                 break
+        else:
+            pytest.fail("the restore never got midway")
         staged = target / ".daoflow-restore" / "staging"
         assert staged.exists() and os.listdir(staged), "the restore should be midway"
         proc.send_signal(signal.SIGTERM)

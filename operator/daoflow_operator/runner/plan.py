@@ -21,7 +21,7 @@ DEFAULT_MAX_BYTES = 1 << 40  # 1 TiB
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # S3 bucket names (the DNS-compatible rules, plus dots and underscores for older buckets).
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,254}$", re.IGNORECASE)
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{0,254}$", re.IGNORECASE)
 _REGION = re.compile(r"^[a-z0-9-]{1,64}$")
 
 
