@@ -37,8 +37,8 @@ run: install ## Run the operator (the local control plane when KUBECONFIG is uns
 	$(PY) -m daoflow_operator.dev run
 
 .PHONY: crds
-crds: install ## Generate crds/ from the pydantic models
-	$(PY) -m daoflow_operator.api.crdgen crds
+crds: install ## Generate crds/ (and the Helm chart's copy) from the pydantic models
+	$(PY) -m daoflow_operator.api.crdgen crds helm/daoflow-operator/crds
 
 .PHONY: test-deps
 test-deps: ## Install the system packages the tests need (PostgreSQL), if missing

@@ -259,3 +259,46 @@ def test_volume_source_refuses_a_path_resolving_outside_the_mount(tmp_path):
     run = run_runner(plan, tmp_path / "job")
     assert run.report["reason"] == "FetchFailed"
     assert "outside" in run.report["message"]
+
+
+def test_non_root_runner_replaces_data_with_read_only_folders(sample):
+    """The image runs as a non-root user: moving and removing read-only folders then needs
+    care that root never needs. As root, this test drops to `nobody` with setpriv."""
+    import json
+    import subprocess
+    import tempfile
+
+    from runner_testlib import RUNNER
+
+    base = tempfile.mkdtemp(prefix="daoflow-nonroot-")
+    try:
+        os.chmod(base, 0o755)
+        dest = os.path.join(base, "dest")
+        os.mkdir(dest)
+        shutil.copy(sample.artifacts["tar+zstd"], os.path.join(dest, "s.tar.zst"))
+        target = os.path.join(base, "target")
+        os.mkdir(target)
+        os.mkdir(os.path.join(target, "old-read-only"))
+        with open(os.path.join(target, "old-read-only", "f"), "w") as f:
+            f.write("old\n")
+        os.chmod(os.path.join(target, "old-read-only"), 0o555)
+        plan = plan_for(artifact=os.path.join(dest, "s.tar.zst"), path="s.tar.zst", fmt="tar+zstd",
+                        source={"type": "volume", "mountPath": dest},
+                        target=target_of(target), existing="Replace")
+        with open(os.path.join(base, "plan.json"), "w") as f:
+            json.dump(plan, f)
+        prefix = []
+        if os.geteuid() == 0:
+            for dirpath, dirnames, filenames in os.walk(base):
+                for name in [dirpath] + [os.path.join(dirpath, n) for n in filenames]:
+                    os.lchown(name, 65534, 65534)
+            prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        proc = subprocess.run(prefix + RUNNER + ["--plan", os.path.join(base, "plan.json"),
+                                                 "--report", os.path.join(base, "report")],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert snapshot(target) == snapshot(sample.tree)
+    finally:
+        for dirpath, dirnames, _ in os.walk(base):
+            os.chmod(dirpath, 0o755)
+        shutil.rmtree(base)

@@ -7,12 +7,13 @@ import yaml
 
 from daoflow_operator.api import crdgen, models
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
+ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.parametrize("folder", ["crds", "helm/daoflow-operator/crds"])
 @pytest.mark.parametrize("name", sorted(crdgen.files()))
-def test_the_committed_crd_matches_the_model(name):
-    path = CRDS / name
+def test_the_committed_crd_matches_the_model(folder, name):
+    path = ROOT / folder / name
     assert path.exists(), f"{path} is missing: run `make crds`"
     assert path.read_text() == crdgen.files()[name], f"{path} is out of date: run `make crds`"
 
@@ -35,3 +36,18 @@ def test_the_restore_crd_carries_the_immutability_rule_and_the_columns():
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert {"Phase", "BackupRun", "Dry-Run", "Age", "Message"} <= set(columns)
     assert columns["Message"]["priority"] == 1
+
+
+def _without_templates(text: str) -> list:
+    import re
+    text = re.sub(r"(?m)^\s*{{-?\s*(if|end)\b[^}]*}}\s*$\n?", "", text)  # control lines
+    return [d for d in yaml.safe_load_all(re.sub(r"{{[^}]*}}", "X", text)) if d]
+
+
+def test_the_helm_chart_grants_exactly_the_shipped_rbac():
+    shipped = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "manifests/rbac.yaml").read_text())}
+    chart = {d["kind"]: d for d in _without_templates((ROOT / "helm/daoflow-operator/templates/rbac.yaml").read_text())}
+    assert chart["ClusterRole"]["rules"] == shipped["ClusterRole"]["rules"]
+    assert chart["ClusterRoleBinding"]["roleRef"] == shipped["ClusterRoleBinding"]["roleRef"]
+    scopes = _without_templates((ROOT / "helm/daoflow-operator/templates/scopes.yaml").read_text())
+    assert scopes == list(yaml.safe_load_all((ROOT / "manifests/scopes.yaml").read_text()))

@@ -108,11 +108,12 @@ def files() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    out = Path((argv or sys.argv[1:] or ["crds"])[0])
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files().items():
-        (out / name).write_text(text)
-        print(f"wrote {out / name}")
+    for folder in argv or sys.argv[1:] or ["crds"]:
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files().items():
+            (out / name).write_text(text)
+            print(f"wrote {out / name}")
     return 0
 
 
