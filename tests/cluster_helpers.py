@@ -30,6 +30,12 @@ def kubectl_binary() -> str:
     return found
 
 
+def docker_engine_available() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 60, interval: float = 0.25, what: str = "condition"):
     """Polls until predicate() is truthy and returns its value."""
     deadline = time.monotonic() + timeout

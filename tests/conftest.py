@@ -11,15 +11,13 @@ kube-scheduler, kwok) is built once into the cache and started once per session.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from cluster_helpers import Cluster
+from cluster_helpers import Cluster, docker_engine_available
 
 
 def pytest_addoption(parser):
@@ -29,12 +27,6 @@ def pytest_addoption(parser):
                     help="use the cluster of the current KUBECONFIG instead of the local control plane")
     group.addoption("--kind", action="store_true", default=False,
                     help="start a kind cluster through pytest-kind (needs Docker)")
-
-
-def docker_engine_available() -> bool:
-    if not shutil.which("docker"):
-        return False
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
 
 
 @pytest.fixture(scope="session")

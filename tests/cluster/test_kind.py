@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import docker_engine_available
+from cluster_helpers import docker_engine_available
 
 pytestmark = pytest.mark.kind
 

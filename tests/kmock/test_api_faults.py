@@ -8,7 +8,7 @@ import kmock
 import kubernetes
 import pytest
 
-from conftest import FaultAwareEmulator
+from fault_aware import FaultAwareEmulator
 from daoflow_operator import handlers
 from daoflow_operator.config import Config
 from daoflow_operator.kube import Kube

@@ -43,9 +43,10 @@ class PortClash(ClusterError):
 
 
 def _die_with_parent() -> None:
-    # Children get SIGTERM if the launcher dies, even by SIGKILL: nothing is left behind.
+    # Children are killed if the launcher dies, even by SIGKILL: nothing is left behind. SIGKILL,
+    # because a kube-apiserver told to stop gracefully can wait a long time for a dead etcd.
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:

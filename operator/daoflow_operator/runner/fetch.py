@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from .failures import RunnerFailure, fetch_failed
 from .plan import S3Source, VolumeSource
-from .s3 import CHUNK, S3Object, read_credentials
 
-QUEUE_DEPTH = 8  # chunks in flight between the fetch thread and the unpacker
+QUEUE_DEPTH = 4  # chunks in flight between two steps of the pipeline
+CHUNK = 1 << 20
 
 
 @dataclass
@@ -73,7 +73,9 @@ def _file_chunks(fd: int) -> Iterator[bytes]:
         os.close(fd)
 
 
-def open_s3_artifact(source: S3Source, key: str) -> S3Object:
+def open_s3_artifact(source: S3Source, key: str):
+    from .s3 import S3Object, read_credentials  # http.client and ssl only when needed
+
     creds = read_credentials(source.credentials_dir) if source.credentials_dir else None
     return S3Object(
         endpoint=source.endpoint, bucket=source.bucket, key=key, region=source.region,
@@ -84,34 +86,20 @@ def open_s3_artifact(source: S3Source, key: str) -> S3Object:
 _END = object()
 
 
-class Fetch(threading.Thread):
-    """Reads raw chunks, counts and hashes them, and queues them for the consumer.
+class Stage(threading.Thread):
+    """One step of the pipeline in its own thread, handing its chunks on through a small
+    bounded queue. The consumer iterates it, or calls read(n) like a file."""
 
-    The consumer reads with `read(n)` or by iterating, then calls `finish()`, which reads
-    whatever is left (the trailing bytes count for the checksum too) and returns the digest.
-    """
-
-    def __init__(
-        self,
-        chunks: Iterator[bytes],
-        *,
-        size_bytes: int,
-        progress: Progress,
-        declared_size: Callable[[], int | None] = lambda: None,
-    ):
-        super().__init__(name="fetch", daemon=True)
-        self._chunks = chunks
-        self._size = size_bytes
-        self._declared = declared_size
-        self._progress = progress
+    def __init__(self, name: str):
+        super().__init__(name=name, daemon=True)
         self._queue: queue.Queue[object] = queue.Queue(QUEUE_DEPTH)
         self._halt = threading.Event()
         self._view = memoryview(b"")
         self._done = False
-        self.sha256 = hashlib.sha256()
-        self.count = 0
 
-    # --- the fetch thread -------------------------------------------------------------
+    def produce(self) -> Iterator[bytes]:
+        raise NotImplementedError
+
     def _put(self, item: object) -> None:
         while not self._halt.is_set():
             try:
@@ -122,36 +110,18 @@ class Fetch(threading.Thread):
 
     def run(self) -> None:
         try:
-            first = True
-            for chunk in self._chunks:
+            for chunk in self.produce():
                 if self._halt.is_set():
                     return
-                if first:
-                    first = False
-                    declared = self._declared()
-                    if declared is not None and declared != self._size:
-                        raise RunnerFailure(
-                            "ChecksumMismatch",
-                            f"the stored artifact is {declared} bytes, the pinned size is {self._size}",
-                        )
-                self.count += len(chunk)
-                if self.count > self._size:
-                    raise RunnerFailure(
-                        "ChecksumMismatch",
-                        f"the artifact is larger than its pinned size of {self._size} bytes",
-                    )
-                self.sha256.update(chunk)
-                self._progress.bytes_done = self.count
                 self._put(chunk)
             self._put(_END)
         except RunnerFailure as failure:
             self._put(failure)
-        except Exception as exc:  # anything else is a fetch failure, reported by the consumer
-            self._put(fetch_failed(f"reading the artifact failed: {type(exc).__name__}"))
-        finally:
-            close = getattr(self._chunks, "close", None)
-            if close:
-                close()
+        except Exception as exc:  # reported by the consumer, as a failure of this step
+            self._put(self.unexpected(exc))
+
+    def unexpected(self, exc: Exception) -> RunnerFailure:
+        return RunnerFailure("RestoreFailed", f"{self.name} failed: {type(exc).__name__}")
 
     # --- the consumer -------------------------------------------------------------------
     def _next(self) -> bytes | None:
@@ -186,20 +156,121 @@ class Fetch(threading.Thread):
         self._view = self._view[len(take):]
         return bytes(take)
 
-    def finish(self) -> tuple[str, int]:
-        """Read to the end of the artifact; return (sha256 hex, byte count)."""
-        self._view = memoryview(b"")
-        while self._next() is not None:
-            pass
-        self.join()
-        return self.sha256.hexdigest(), self.count
-
     def stop(self) -> None:
-        """Abandon the read (a failure elsewhere); safe to call more than once."""
+        """Abandon this step (a failure elsewhere, or its output is no longer needed).
+
+        It does not wait for the thread: the thread notices at its next chunk and ends; no
+        consumer reads from it any more.
+        """
         self._halt.set()
-        while True:  # unblock a producer waiting on a full queue
+        while True:  # unblock the producer if it waits on a full queue
             try:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
-        self.join(timeout=5)
+
+
+class Fetch(Stage):
+    """Reads raw chunks, counts and hashes every one of them, and queues them on.
+
+    `finish()` switches the thread to hashing only: it reads the rest of the artifact (the
+    trailing bytes count for the checksum too) without queueing it, and returns the digest.
+    Doing that in the fetch thread, not by draining the queue, leaves no race with a
+    decompression thread that may still be reading the queue.
+    """
+
+    def __init__(
+        self,
+        chunks: Iterator[bytes],
+        *,
+        size_bytes: int,
+        progress: Progress,
+        declared_size: Callable[[], int | None] = lambda: None,
+    ):
+        super().__init__(name="fetch")
+        self._chunks = chunks
+        self._size = size_bytes
+        self._declared = declared_size
+        self._progress = progress
+        self._discard = threading.Event()
+        self.error: RunnerFailure | None = None
+        self.sha256 = hashlib.sha256()
+        self.count = 0
+
+    def _put(self, item: object) -> None:
+        while not self._halt.is_set() and not self._discard.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def produce(self) -> Iterator[bytes]:
+        first = True
+        for chunk in self._chunks:
+            if first:
+                first = False
+                declared = self._declared()
+                if declared is not None and declared != self._size:
+                    raise RunnerFailure(
+                        "ChecksumMismatch",
+                        f"the stored artifact is {declared} bytes, the pinned size is {self._size}",
+                    )
+            self.count += len(chunk)
+            if self.count > self._size:
+                raise RunnerFailure(
+                    "ChecksumMismatch",
+                    f"the artifact is larger than its pinned size of {self._size} bytes",
+                )
+            self.sha256.update(chunk)
+            self._progress.bytes_done = self.count
+            if not self._discard.is_set():
+                yield chunk
+
+    def run(self) -> None:
+        try:
+            try:
+                for chunk in self.produce():
+                    if self._halt.is_set():
+                        return
+                    self._put(chunk)
+            except RunnerFailure as failure:
+                self.error = failure
+            except Exception as exc:
+                self.error = fetch_failed(f"reading the artifact failed: {type(exc).__name__}")
+            self._put(self.error or _END)
+        finally:
+            close = getattr(self._chunks, "close", None)
+            if close:
+                close()
+            if self._discard.is_set():  # wake a consumer that may still wait
+                try:
+                    self._queue.put_nowait(_END)
+                except queue.Full:
+                    pass
+
+    def finish(self) -> tuple[str, int]:
+        """Read to the end of the artifact; return (sha256 hex, byte count)."""
+        self._discard.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.sha256.hexdigest(), self.count
+
+
+class Decompress(Stage):
+    """Decompression in its own thread: zlib and zstd release the GIL while they work, so it
+    runs beside hashing (fetch thread) and writing (main thread) on separate cores."""
+
+    def __init__(self, decompressor: Callable[[object], Iterator[bytes]], raw: Fetch):
+        super().__init__(name="decompress")
+        self._decompressor = decompressor
+        self._raw = raw
+
+    def produce(self) -> Iterator[bytes]:
+        return self._decompressor(self._raw)

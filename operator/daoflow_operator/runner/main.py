@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from . import decompress, members
 from .commit import Workspace, not_empty_message, visible_entries
 from .failures import FAILURES, RunnerFailure, exit_code, invalid_plan
-from .fetch import Fetch, Progress, open_s3_artifact, open_volume_artifact
+from .fetch import Decompress, Fetch, Progress, open_s3_artifact, open_volume_artifact
 from .plan import Artifact, Plan, PostgresTarget, S3Source, parse_plan
 from .postgres import count_user_objects, read_database_credentials, run_pg_restore, toc_entries
 from .report import Redactor, build_report, progress_line, render_report
@@ -185,17 +185,28 @@ def execute_volume(plan: Plan, progress: Progress, result: Result, out: Output) 
             raise RunnerFailure("TargetNotEmpty", not_empty_message(names))
     reader = fetch(plan, progress, out.redact)
     committed = False
+    inflate = None
     try:
         ws.create()
-        unpacker = Unpacker(ws.staging, ws.dir, progress)
+        unpacker = Unpacker(ws.staging, ws.dir, progress, writeback=ws.sync)
         budget = members.Budget(plan.limits.max_members, plan.limits.max_bytes)
-        stream = TarStream(decompress.DECOMPRESSORS[plan.artifact.format](reader), budget)
+        if plan.artifact.format == "tar":
+            chunks = iter(reader)
+        else:
+            inflate = Decompress(decompress.DECOMPRESSORS[plan.artifact.format], reader)
+            inflate.start()
+            chunks = iter(inflate)
+        stream = TarStream(chunks, budget)
         try:
             unpacker.unpack(stream)
         except RunnerFailure as failure:
             if failure.reason in CONTENT_FAILURES:
+                if inflate is not None:
+                    inflate.stop()
                 _verify_after_failure(reader, plan, result, failure)
             raise
+        if inflate is not None:
+            inflate.stop()  # the archive has ended; what follows is only hashed
         result.sha256, result.bytes = reader.finish()
         verify_checksum(plan.artifact, result.sha256, result.bytes)
         result.verified = True
@@ -209,6 +220,8 @@ def execute_volume(plan: Plan, progress: Progress, result: Result, out: Output) 
         result.files = unpacker.files
     finally:
         try:
+            if inflate is not None:
+                inflate.stop()
             reader.stop()
         finally:
             if committed:
@@ -308,6 +321,10 @@ def main(argv: list[str] | None = None, stdout=None, stderr=None) -> int:
             signals.armed = False
     except RunnerFailure as failure:
         reason, message = failure.reason, failure.message
+    except OSError as exc:  # a file operation outside the unpacker's own handling
+        reason = "RestoreFailed"
+        message = f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": ")
+        out.log(traceback.format_exc())
     except Exception as exc:
         reason, message = "RestoreFailed", f"unexpected error: {type(exc).__name__}: {exc}"
         out.log(traceback.format_exc())

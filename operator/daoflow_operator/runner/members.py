@@ -116,8 +116,8 @@ def parse_header(block: bytes) -> Header:
     stored = parse_number(block[148:156], "checksum")
     masked = block[:148] + b"        " + block[156:]
     unsigned = sum(masked)
-    signed = sum(b - 256 if b > 127 else b for b in masked)
-    if stored not in (unsigned, signed):
+    # Some old tar programs summed signed bytes; only compute that when the usual sum fails.
+    if stored != unsigned and stored != unsigned - 256 * sum(1 for b in masked if b > 127):
         raise corrupt("tar header checksum does not match (not a tar archive, or damaged)")
     name = cstr(block[0:100])
     magic = block[257:263]

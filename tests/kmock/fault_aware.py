@@ -1,11 +1,10 @@
-"""Handler tests against kmock: for what a real API server cannot be made to do on demand."""
+"""A kmock emulator that, like a real API server, does not store a write it answers with an error."""
 
 from __future__ import annotations
 
 import math
 
 import kmock
-import pytest
 
 
 class FaultAwareEmulator(kmock.KubernetesEmulator):

@@ -1,0 +1,255 @@
+"""Benchmark of the restore runner against plain `tar -x` on the same artifact.
+
+    python bench/runner_bench.py [--size-mib 1024] [--formats tar+zstd,tar+gzip] [--sources s3,file]
+
+For each format it builds one artifact of about --size-mib of unpacked data (half random,
+half base64 text, so that compression has work to do), then times:
+  runner      python -m daoflow_operator.runner from the local S3 server and from a local file,
+              as the Job runs it (durable: it flushes the target volume before committing);
+  runner-nosync  the same from the local file with DAOFLOW_RUNNER_SYNC=false, which is what
+              `tar -x` does (it never flushes), so the ratio compares like with like;
+  sha256sum + tar -x, and tar -x alone, on the same file.
+It prints MB/s (of unpacked data) and the runner's peak RSS, then the ratios. The artifact is
+read once before each timed run so that every run finds it in the page cache.
+Timings are printed, never asserted. Needs the test extra (moto, boto3) for the S3 source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+RUNNER = [sys.executable, "-m", "daoflow_operator.runner"]
+MIB = 1 << 20
+
+
+def make_tree(root: str, size_mib: int) -> int:
+    """Files of 1-16 MiB plus a few thousand small ones; returns the bytes written."""
+    os.makedirs(root)
+    written = 0
+    target = size_mib * MIB
+    small_dir = os.path.join(root, "small")
+    os.makedirs(small_dir)
+    i = 0
+    while written < target // 20:  # ~5% in small files of 1-64 KiB
+        n = 1024 * (1 + i % 64)
+        with open(os.path.join(small_dir, f"s{i:06d}"), "wb") as f:
+            f.write(os.urandom(n))
+        written += n
+        i += 1
+    j = 0
+    while written < target:
+        n = min(MIB * (1 + j % 16), target - written)
+        sub = os.path.join(root, f"d{j % 8}")
+        os.makedirs(sub, exist_ok=True)
+        with open(os.path.join(sub, f"f{j:05d}.bin"), "wb") as f:
+            left = n
+            while left:
+                step = min(left, 4 * MIB)
+                if j % 2:
+                    data = base64.b64encode(os.urandom(step * 3 // 4 + 3))[:step]
+                else:
+                    data = os.urandom(step)
+                f.write(data)
+                left -= step
+        written += n
+        j += 1
+    return written
+
+
+def build_artifacts(tree: str, out: str, formats: list[str]) -> dict[str, str]:
+    plain = os.path.join(out, "bench.tar")
+    subprocess.run(["tar", "-C", tree, "-cf", plain, "."], check=True)
+    arts = {}
+    if "tar+zstd" in formats:
+        path = plain + ".zst"
+        if shutil.which("zstd"):
+            subprocess.run(["zstd", "-q", "-3", "-T0", "-f", plain, "-o", path], check=True)
+        else:
+            import zstandard
+            with open(plain, "rb") as src, open(path, "wb") as dst:
+                zstandard.ZstdCompressor(level=3, threads=-1).copy_stream(src, dst)
+        arts["tar+zstd"] = path
+    if "tar+gzip" in formats:
+        path = plain + ".gz"
+        with open(path, "wb") as dst:
+            subprocess.run(["gzip", "-1", "-c", plain], stdout=dst, check=True)
+        arts["tar+gzip"] = path
+    if "tar" in formats:
+        arts["tar"] = plain
+    return arts
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MIB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def warm(path: str) -> None:
+    with open(path, "rb") as f:
+        while f.read(16 * MIB):
+            pass
+
+
+def timed(cmd: list[str], env: dict | None = None, shell: bool = False) -> tuple[float, int]:
+    """Wall time and peak RSS (bytes) of one command, from wait4's rusage."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, shell=shell, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {cmd}\n{proc.stderr.read().decode()}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3:
+    def __init__(self, workdir: str):
+        import boto3
+
+        self.port = free_port()
+        self.log = open(os.path.join(workdir, "moto.log"), "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                      "-p", str(self.port)], stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise SystemExit("moto server did not start")
+                time.sleep(0.1)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                                   aws_access_key_id="bench", aws_secret_access_key="bench-secret")
+        self.client.create_bucket(Bucket="bench")
+        self.creds = os.path.join(workdir, "s3-creds")
+        os.makedirs(self.creds)
+        for k, v in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench-secret")):
+            with open(os.path.join(self.creds, k), "w") as f:
+                f.write(v)
+
+    def upload(self, key: str, path: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+        self.client.upload_file(path, "bench", key,
+                                Config=TransferConfig(multipart_threshold=1 << 40))
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def run_runner(workdir: str, artifact: str, fmt: str, source: dict, key: str,
+               sync: bool = True) -> tuple[float, int]:
+    target = os.path.join(workdir, "target")
+    shutil.rmtree(target, ignore_errors=True)
+    os.makedirs(target)
+    plan = {
+        "artifact": {"path": key, "format": fmt, "sizeBytes": os.path.getsize(artifact),
+                     "sha256": sha256_file(artifact)},
+        "source": source,
+        "target": {"type": "volume", "mountPath": target},
+    }
+    plan_file = os.path.join(workdir, "plan.json")
+    with open(plan_file, "w") as f:
+        json.dump(plan, f)
+    env = dict(os.environ, DAOFLOW_RUNNER_SYNC="true" if sync else "false")
+    warm(artifact)
+    return timed(RUNNER + ["--plan", plan_file, "--report", os.path.join(workdir, "report.json")],
+                 env=env)
+
+
+def tar_flag(fmt: str) -> list[str]:
+    return {"tar+zstd": ["--zstd"], "tar+gzip": ["-z"], "tar": []}[fmt]
+
+
+def run_tar(workdir: str, artifact: str, fmt: str, with_sha: bool) -> tuple[float, int]:
+    out = os.path.join(workdir, "tar-out")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    warm(artifact)
+    tar = " ".join(["tar", "-x", *tar_flag(fmt), "-f", artifact, "-C", out])
+    cmd = f"sha256sum {artifact} >/dev/null && {tar}" if with_sha else tar
+    return timed(["sh", "-c", cmd])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=int(os.environ.get("DAOFLOW_BENCH_SIZE_MIB", "1024")))
+    ap.add_argument("--formats", default="tar+zstd,tar+gzip")
+    ap.add_argument("--sources", default="s3,file")
+    ap.add_argument("--workdir", default=None, help="default: a temporary folder, removed at the end")
+    args = ap.parse_args()
+    formats = args.formats.split(",")
+    sources = args.sources.split(",")
+    workdir = args.workdir or tempfile.mkdtemp(prefix="daoflow-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    s3 = None
+    try:
+        print(f"building {args.size_mib} MiB of data in {workdir} ...", flush=True)
+        data_bytes = make_tree(os.path.join(workdir, "tree"), args.size_mib)
+        arts = build_artifacts(os.path.join(workdir, "tree"), workdir, formats)
+        shutil.rmtree(os.path.join(workdir, "tree"))
+        if "s3" in sources:
+            s3 = S3(workdir)
+            for fmt, path in arts.items():
+                s3.upload(os.path.basename(path), path)
+        mb = data_bytes / 1e6
+        rows = []
+        for fmt, path in arts.items():
+            art_mib = os.path.getsize(path) / MIB
+            results = {}
+            if "s3" in sources:
+                results["runner (S3)"] = run_runner(workdir, path, fmt, {
+                    "type": "s3", "endpoint": s3.endpoint, "bucket": "bench", "region": "us-east-1",
+                    "forcePathStyle": True, "credentialsDir": s3.creds}, os.path.basename(path))
+            if "file" in sources:
+                vol = {"type": "volume", "mountPath": workdir}
+                results["runner (file)"] = run_runner(workdir, path, fmt, vol, os.path.basename(path))
+                results["runner (file, no sync)"] = run_runner(workdir, path, fmt, vol,
+                                                               os.path.basename(path), sync=False)
+            results["sha256sum + tar -x"] = run_tar(workdir, path, fmt, with_sha=True)
+            results["tar -x"] = run_tar(workdir, path, fmt, with_sha=False)
+            base = results["tar -x"][0]
+            for name, (secs, rss) in results.items():
+                rows.append((fmt, f"{art_mib:.0f}", name, secs, mb / secs,
+                             rss / MIB if name.startswith("runner") else None, base / secs))
+        print()
+        print(f"unpacked data: {data_bytes / MIB:.0f} MiB; MB/s counts unpacked bytes; "
+              "ratio = speed / speed of `tar -x` alone (goal >= 0.8)")
+        print(f"{'format':<9} {'artifact MiB':>12}  {'run':<24} {'seconds':>8} {'MB/s':>8} "
+              f"{'peak RSS MiB':>12} {'ratio':>6}")
+        for fmt, size, name, secs, speed, rss, ratio in rows:
+            rss_text = f"{rss:.1f}" if rss is not None else "-"
+            print(f"{fmt:<9} {size:>12}  {name:<24} {secs:8.2f} {speed:8.1f} {rss_text:>12} {ratio:6.2f}")
+    finally:
+        if s3:
+            s3.close()
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

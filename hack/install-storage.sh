@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the real storage the runner tests use, from Debian's packages: PostgreSQL (server
+# and client, which also creates the `postgres` user the tests start it as) and zstd (for the
+# benchmark's baseline). Safe to run again: it installs only what is missing.
+# moto and boto3, the S3 server and the upload client, come with the Python test extra.
+set -euo pipefail
+
+need=()
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v pg_restore >/dev/null || need+=(postgresql-client)
+command -v zstd >/dev/null || need+=(zstd)
+command -v runuser >/dev/null || need+=(util-linux)
+
+if ((${#need[@]} == 0)); then
+  echo "install-storage: PostgreSQL and zstd are already installed"
+  exit 0
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  sudo=(sudo)
+fi
+echo "install-storage: installing ${need[*]}"
+"${sudo[@]}" apt-get update
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
