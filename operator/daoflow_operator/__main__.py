@@ -1,7 +1,8 @@
 """`python -m daoflow_operator`: run the operator (what the image's Deployment runs).
 
 DAOFLOW_WATCH_NAMESPACES (comma-separated) limits it to some namespaces; by default
-it watches all of them.
+it watches all of them. DAOFLOW_LIVENESS_ENDPOINT (e.g. http://0.0.0.0:8080/healthz)
+serves kopf's liveness probe.
 """
 
 from __future__ import annotations

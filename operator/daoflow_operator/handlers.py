@@ -70,6 +70,10 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     if status_.changed(current, decision.status):
         kube.patch_status(namespace, name, status_.status_patch(current, decision.status),
                           restore["metadata"]["resourceVersion"])
+        if current.get("phase") != decision.status.get("phase"):
+            ready = status_.get_condition(decision.status, status_.READY) or {}
+            log.info("%s/%s: %s -> %s (%s: %s)", namespace, name, current.get("phase") or "new",
+                     decision.status.get("phase"), ready.get("reason"), ready.get("message"))
     for event in decision.events:
         kube.post_event(restore, event.type, event.reason, event.message)
     return decision
@@ -177,10 +181,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     # The CRDs are installed before the operator starts, so it need not watch CRDs or
     # namespaces appear: least privilege, no RBAC for either.
     settings.scanning.disabled = True
-    config = Config.from_env()
-    memo.operator = Operator(Kube(api_client_from_env()), config)
+    # One line per transition comes from this module; kopf's per-event lines are noise.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if getattr(memo, "operator", None) is None:  # tests may bring their own API client
+        memo.operator = Operator(Kube(api_client_from_env()), Config.from_env())
     memo.worker = asyncio.create_task(memo.operator.queue.run())
-    logger.info("daoflow-operator started; runner image %s", config.runner_image)
+    logger.info("daoflow-operator started; runner image %s", memo.operator.config.runner_image)
 
 
 @kopf.on.cleanup()

@@ -158,3 +158,43 @@ def test_read_only_folders_are_moved_and_removed(ws, tmp_path):
     ws.finish()
     assert oct(os.stat(tmp_path / "target" / "only-new").st_mode & 0o777) == "0o555"
     assert not os.path.exists(ws.dir)
+
+
+def test_a_signal_during_the_commit_waits_for_it(ws, tmp_path, monkeypatch):
+    """SIGTERM in the middle of the swap: the swap completes, the signal does not cut it in
+    half, and nothing raises afterwards (the restore has happened)."""
+    from daoflow_operator.runner.failures import SHIELD
+    from daoflow_operator.runner.main import Signals
+
+    make_old(tmp_path / "target")
+    staged(ws)
+    signals = Signals()
+    SHIELD.committed = SHIELD.pending = False
+    real = os.rename
+    calls = {"n": 0}
+
+    def rename_and_signal(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            signals.handler(15, None)  # what Python runs on SIGTERM
+        return real(src, dst)
+
+    monkeypatch.setattr(commit.os, "rename", rename_and_signal)
+    ws.commit("Replace")
+    assert SHIELD.pending and SHIELD.committed
+    signals.handler(15, None)  # after the commit point: ignored
+    ws.finish()
+    assert (tmp_path / "target" / "a.txt").read_text() == "new a\n"
+    SHIELD.committed = SHIELD.pending = False
+
+
+def test_a_signal_outside_a_shield_interrupts(monkeypatch):
+    from daoflow_operator.runner.failures import SHIELD
+    from daoflow_operator.runner.main import Signals
+
+    SHIELD.committed = SHIELD.pending = False
+    signals = Signals()
+    with pytest.raises(RunnerFailure) as exc:
+        signals.handler(15, None)
+    assert exc.value.reason == "Interrupted"
+    signals.handler(15, None)  # the second one is ignored: the rollback must run undisturbed

@@ -24,7 +24,7 @@ import shutil
 import stat
 
 from . import members as m
-from .failures import RunnerFailure, restore_failed
+from .failures import SHIELD, RunnerFailure, restore_failed, shielded
 
 WORKDIR = m.RESERVED_TOP_LEVEL[0]
 # Left alone by every policy: mkfs puts lost+found at the root of ext volumes.
@@ -147,6 +147,10 @@ class Workspace:
         remove_tree(self.dir)
 
     def discard(self) -> bool:
+        with shielded():
+            return self._discard()
+
+    def _discard(self) -> bool:
         """After a failure: remove the work folder, unless old data is still set aside in it.
 
         Returns False when it kept `previous/` because a rollback could not put all back.
@@ -159,6 +163,10 @@ class Workspace:
 
     def recover(self) -> str | None:
         """At start: finish or undo what an interrupted earlier run left. Returns what it did."""
+        with shielded(raise_after=True):
+            return self._recover()
+
+    def _recover(self) -> str | None:
         if not os.path.lexists(self.dir):
             return None
         if self._read_state() == "committed":
@@ -215,9 +223,17 @@ class Workspace:
         _rename(os.path.join(self.staging, rel), os.path.join(self.target, rel))
 
     def commit(self, policy: str) -> None:
-        """Move the staging tree into the target under the policy; undo all on any failure."""
+        """Move the staging tree into the target under the policy; undo all on any failure.
+
+        Shielded from SIGTERM: the moves are quick renames, and a half-done swap is the one
+        state that must never be left behind.
+        """
         if self.sync:
             _syncfs(self.dir)
+        with shielded():
+            self._commit(policy)
+
+    def _commit(self, policy: str) -> None:
         try:
             with open(self.journal, "w", encoding="utf-8") as journal:
                 if policy == "Merge":
@@ -233,6 +249,7 @@ class Workspace:
             if self.sync:
                 _syncfs(self.dir)
             self._write_state("committed")
+            SHIELD.committed = True
         except BaseException:
             self.rollback()
             raise
@@ -284,6 +301,10 @@ class Workspace:
         Moves in are undone first (back into staging), then the old entries come back, so an
         old and a new entry of the same name never collide.
         """
+        with shielded():
+            self._rollback()
+
+    def _rollback(self) -> None:
         for op, rel in self._journal_ops():
             if op != "in":
                 continue
@@ -306,4 +327,5 @@ class Workspace:
 
     def finish(self) -> None:
         """After the commit point: the old data can go now."""
-        self.remove()
+        with shielded():
+            self.remove()

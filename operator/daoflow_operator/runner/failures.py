@@ -6,6 +6,8 @@ person reading `kubectl get pods` or a shell script can tell the kinds apart too
 
 from __future__ import annotations
 
+import contextlib
+
 # reason -> (exit code, what it means). docs/runner.md carries the same table.
 FAILURES: dict[str, tuple[int, str]] = {
     "InvalidPlan": (2, "the plan file is missing, unreadable or invalid"),
@@ -60,3 +62,31 @@ def limit_exceeded(message: str) -> RunnerFailure:
 
 def restore_failed(message: str) -> RunnerFailure:
     return RunnerFailure("RestoreFailed", message)
+
+
+class _Shield:
+    depth = 0
+    pending = False
+    # Set once the restore is committed: from then on a signal changes nothing, and the report
+    # must say what happened (success), not "Interrupted".
+    committed = False
+
+
+SHIELD = _Shield()
+
+
+@contextlib.contextmanager
+def shielded(raise_after: bool = False):
+    """While inside, SIGTERM/SIGINT do not interrupt: a commit or a rollback runs to its end.
+
+    A signal that arrived meanwhile is raised on the way out only if `raise_after` (work that
+    may still be abandoned); after a commit it is dropped, since the restore has happened.
+    """
+    SHIELD.depth += 1
+    try:
+        yield
+    finally:
+        SHIELD.depth -= 1
+    if raise_after and SHIELD.depth == 0 and SHIELD.pending:
+        SHIELD.pending = False
+        raise RunnerFailure("Interrupted", "stopped by a signal; nothing was committed")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from . import decompress, members
 from .commit import Workspace, not_empty_message, visible_entries
-from .failures import FAILURES, RunnerFailure, exit_code, invalid_plan
+from .failures import FAILURES, SHIELD, RunnerFailure, exit_code, invalid_plan
 from .fetch import Decompress, Fetch, Progress, open_s3_artifact, open_volume_artifact
 from .plan import Artifact, Plan, PostgresTarget, S3Source, parse_plan
 from .postgres import count_user_objects, read_database_credentials, run_pg_restore, toc_entries
@@ -100,7 +100,10 @@ class Signals:
         self._previous: dict[int, object] = {}
 
     def handler(self, signum, _frame) -> None:
-        if not self.armed:
+        if not self.armed or SHIELD.committed:
+            return
+        if SHIELD.depth:  # inside a commit or a rollback: let it finish (failures.shielded)
+            SHIELD.pending = True
             return
         self.armed = False
         raise RunnerFailure("Interrupted", f"stopped by {signal.Signals(signum).name}; nothing was committed")
@@ -200,6 +203,7 @@ def execute_volume(plan: Plan, progress: Progress, result: Result, out: Output) 
         try:
             unpacker.unpack(stream)
         except RunnerFailure as failure:
+            unpacker.close()
             if failure.reason in CONTENT_FAILURES:
                 if inflate is not None:
                     inflate.stop()
@@ -244,9 +248,13 @@ def execute_postgres(plan: Plan, progress: Progress, result: Result, out: Output
     scratch = os.environ.get("DAOFLOW_RUNNER_SCRATCH") or tempfile.gettempdir()
     # pg_restore needs the whole, verified dump before it may touch the database: the dump is
     # spooled to scratch space while it is hashed, then restored from there.
-    fd, spool = tempfile.mkstemp(prefix="daoflow-dump-", suffix=".pgdump", dir=scratch)
-    reader = fetch(plan, progress, out.redact)
     try:
+        fd, spool = tempfile.mkstemp(prefix="daoflow-dump-", suffix=".pgdump", dir=scratch)
+    except OSError as exc:
+        raise RunnerFailure("RestoreFailed", f"cannot create a spool file in {scratch}: {exc.strerror}") from None
+    reader = None
+    try:
+        reader = fetch(plan, progress, out.redact)
         with os.fdopen(fd, "wb") as f:
             for chunk in reader:
                 f.write(chunk)
@@ -256,11 +264,15 @@ def execute_postgres(plan: Plan, progress: Progress, result: Result, out: Output
         result.files = toc_entries(spool)
         progress.files_done = result.files
         run_pg_restore(db, plan.existing_data, spool, out.log)
+        SHIELD.committed = True
     except OSError as exc:
         raise RunnerFailure("RestoreFailed", f"spooling the dump to {scratch} failed: {exc.strerror}") from None
     finally:
         try:
-            reader.stop()
+            if reader is not None:
+                reader.stop()
+            else:
+                os.close(fd)
         finally:
             os.unlink(spool)
 
@@ -310,6 +322,7 @@ def main(argv: list[str] | None = None, stdout=None, stderr=None) -> int:
     ticker = Ticker(progress, max(interval, 0.05), out)
     ticker.start()
     signals = Signals()
+    SHIELD.committed = SHIELD.pending = False
     signals.install()
     result = Result()
     reason = message = None

@@ -174,6 +174,9 @@ class Unpacker:
             if member.path:
                 self.files += 1
                 self.progress.files_done = self.files
+        self.close()
+
+    def close(self) -> None:
         self._dirs.close()
         self._links.close()
 
