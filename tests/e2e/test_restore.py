@@ -211,3 +211,23 @@ def test_a_real_restore_needs_the_restore_scope(cluster, namespace):
     cluster.kubectl("create", "rolebinding", "bob-restore", "-n", namespace, "--clusterrole=daoflow:backup-restore",
                     f"--user={cluster.user_name('bob')}")
     wait_until(lambda: create(False).returncode == 0, what="bob to be allowed a real restore")
+
+
+def test_an_s3_restore_keeps_its_credentials_out_of_status_events_and_logs(cluster, namespace, operator):
+    secret_value = "AKIA-PLANTED-7f3e9c1d"
+    cluster.kubectl("create", "secret", "generic", "s3-creds", "-n", namespace,
+                    f"--from-literal=AWS_ACCESS_KEY_ID={secret_value}",
+                    f"--from-literal=AWS_SECRET_ACCESS_KEY={secret_value}-secret")
+    cluster.apply({"apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupDestination",
+                   "metadata": {"name": "s3", "namespace": namespace},
+                   "spec": {"s3": {"endpoint": "http://127.0.0.1:9000", "bucket": "backups", "prefix": "prod/",
+                                   "forcePathStyle": True, "credentialsSecretRef": {"name": "s3-creds"}}}})
+    backup_run(cluster, namespace, destination_name="s3")
+    name = restore(cluster, namespace)
+    status = wait_phase(cluster, namespace, name, "Succeeded", timeout=90)
+    assert status["plan"]["artifact"]["location"] == "s3://backups/prod/app-data/2026-11-27.tar.zst"
+    pod = jobs(cluster, namespace)[0]["spec"]["template"]["spec"]
+    assert any(v.get("secret", {}).get("secretName") == "s3-creds" for v in pod["volumes"])
+    seen = json.dumps(cluster.get("backuprestore", name, namespace)) + json.dumps(events(cluster, namespace, name))
+    seen += json.dumps(jobs(cluster, namespace)) + operator.output()
+    assert secret_value not in seen
