@@ -25,6 +25,8 @@ from . import planning
 from .api import models
 
 AUDIT_LIMIT = 64
+# Written at admission by the MutatingAdmissionPolicy in manifests/scopes.yaml.
+REQUESTED_BY = "backup.daoflow.dev/requested-by"
 
 # Condition types.
 VALIDATED = "Validated"
@@ -191,6 +193,11 @@ def decide(restore: dict, observed: Observation, now: datetime) -> Decision:
     def finish() -> None:
         status["completionTime"] = fmt_time(now)
 
+    requester = ((restore.get("metadata") or {}).get("annotations") or {}).get(REQUESTED_BY)
+    if requester and not status.get("requestedBy"):
+        status["requestedBy"] = requester
+    by = f" requested by {status['requestedBy']}" if status.get("requestedBy") else ""
+
     if not status.get("jobRef"):
         result = planning.plan(namespace, spec, observed.run, observed.destination)
         verdict = result.verdict
@@ -217,7 +224,8 @@ def decide(restore: dict, observed: Observation, now: datetime) -> Decision:
             set_condition(status, READY, "True", "Planned",
                           f"plan {result.plan.plan_hash[:12]} is ready; no Job was created (dry run)", generation, now)
             audit(status, now, "validate", "ok", verdict.message)
-            audit(status, now, "preview", "ok", f"plan {result.plan.plan_hash[:12]} computed; dry run, nothing queued")
+            audit(status, now, "preview", "ok",
+                  f"plan {result.plan.plan_hash[:12]} computed{by}; dry run, nothing queued")
             events.append(Event("Normal", "Planned", f"dry run: plan {result.plan.plan_hash[:12]} written to status"))
             finish()
         else:
@@ -230,7 +238,7 @@ def decide(restore: dict, observed: Observation, now: datetime) -> Decision:
             status["jobRef"] = {"name": name}
             status["startTime"] = fmt_time(now)
             audit(status, now, "validate", "ok", verdict.message)
-            audit(status, now, "queue", "ok", f"restore request recorded; Job {name} created")
+            audit(status, now, "queue", "ok", f"restore request{by} recorded; Job {name} created")
             events.append(Event("Normal", "Validated", verdict.message))
             events.append(Event("Normal", "Queued", f"created Job {name} for plan {result.plan.plan_hash[:12]}"))
             decision.create_job = True

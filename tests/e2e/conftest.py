@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster_helpers import wait_until
 from daoflow_operator import dev
 
 
@@ -19,7 +20,24 @@ from daoflow_operator import dev
 def installed(cluster):
     """CRDs, the operator's RBAC and the scope policy, exactly as shipped in crds/ and manifests/."""
     dev.install(str(cluster.kubeconfig), samples=False)
+    wait_for_admission_policies(cluster)
     return cluster
+
+
+def wait_for_admission_policies(cluster) -> None:
+    """Admission policies take effect asynchronously: probe until the requester is recorded."""
+    cluster.kubectl("create", "namespace", "daoflow-probe", check=False)
+    probe = {"apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupRestore",
+             "metadata": {"generateName": "probe-", "namespace": "daoflow-probe",
+                          "annotations": {"backup.daoflow.dev/requested-by": "forged"}},
+             "spec": {"backupRunRef": {"name": "probe"}, "dryRun": True}}
+
+    def recorded():
+        created = json.loads(cluster.kubectl("create", "-f", "-", "-o", "json", input=json.dumps(probe)).stdout)
+        return created["metadata"]["annotations"]["backup.daoflow.dev/requested-by"] != "forged"
+
+    wait_until(recorded, timeout=60, what="the MutatingAdmissionPolicy to take effect")
+    cluster.kubectl("delete", "namespace", "daoflow-probe", "--wait=false", check=False)
 
 
 @pytest.fixture(scope="session")

@@ -231,3 +231,28 @@ def test_an_s3_restore_keeps_its_credentials_out_of_status_events_and_logs(clust
     seen = json.dumps(cluster.get("backuprestore", name, namespace)) + json.dumps(events(cluster, namespace, name))
     seen += json.dumps(jobs(cluster, namespace)) + operator.output()
     assert secret_value not in seen
+
+
+def test_the_requester_is_recorded_by_the_api_server_and_cannot_be_forged(cluster, namespace, operator):
+    destination(cluster, namespace)
+    backup_run(cluster, namespace)
+    cluster.kubectl("create", "rolebinding", "carol-read", "-n", namespace, "--clusterrole=daoflow:backup-read",
+                    f"--user={cluster.user_name('carol')}")
+    cluster.kubectl("create", "role", "annotate", "-n", namespace, "--verb=patch",
+                    "--resource=backuprestores.backup.daoflow.dev")
+    cluster.kubectl("create", "rolebinding", "carol-annotate", "-n", namespace, "--role=annotate",
+                    f"--user={cluster.user_name('carol')}")
+    carol = cluster.user_kubeconfig("carol")
+    forged = {"apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupRestore",
+              "metadata": {"name": "forged", "namespace": namespace,
+                           "annotations": {"backup.daoflow.dev/requested-by": "the-ceo"}},
+              "spec": {"backupRunRef": {"name": "nightly"}, "dryRun": True}}
+    wait_until(lambda: cluster.kubectl("create", "-f", "-", input=json.dumps(forged), kubeconfig=carol,
+                                       check=False).returncode == 0, what="carol to create a dry run")
+    status = wait_phase(cluster, namespace, "forged", "Planned")
+    assert status["requestedBy"] == cluster.user_name("carol")
+    meta = cluster.get("backuprestore", "forged", namespace)["metadata"]
+    assert meta["annotations"]["backup.daoflow.dev/requested-by"] == cluster.user_name("carol")
+    changed = cluster.kubectl("annotate", "backuprestore", "forged", "-n", namespace, "--overwrite",
+                              "backup.daoflow.dev/requested-by=the-ceo", kubeconfig=carol, check=False)
+    assert changed.returncode != 0 and "may not be changed" in changed.stderr

@@ -150,3 +150,11 @@ def test_job_names_are_fixed_and_short():
     long = "x" * 200
     assert jobs.job_name(long) == jobs.job_name(long) and len(jobs.job_name(long)) <= 63
     assert jobs.job_name(long) != jobs.job_name("x" * 199)
+
+
+def test_the_requester_recorded_at_admission_goes_into_status_and_the_audit_trail():
+    r = restore()
+    r["metadata"]["annotations"] = {status.REQUESTED_BY: "alice"}
+    d = decide(r, Observation(run=run(), destination=s3_destination()), T0)
+    assert d.status["requestedBy"] == "alice"
+    assert "requested by alice" in d.status["auditTrail"][1]["message"]
