@@ -41,8 +41,8 @@ crds: install ## Generate crds/ (and the Helm chart's copy) from the pydantic mo
 	$(PY) -m daoflow_operator.api.crdgen crds helm/daoflow-operator/crds
 
 .PHONY: test-deps
-test-deps: ## Install the system packages the tests need (PostgreSQL), if missing
-	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || bash hack/install-storage.sh
+test-deps: ## Install the system packages the tests need (PostgreSQL, zstd), if missing
+	@bash hack/install-storage.sh
 
 .PHONY: test
 test: install test-deps ## Run the whole test suite (starts the local control plane once)

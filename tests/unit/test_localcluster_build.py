@@ -60,3 +60,29 @@ def test_the_cache_folder_changes_with_any_pinned_version(monkeypatch):
 def test_binary_names_follow_go_build():
     assert build.go_binary_name("go.etcd.io/etcd/server/v3") == "server"
     assert build.go_binary_name("k8s.io/kubernetes/cmd/kubectl") == "kubectl"
+
+
+def test_a_warm_cache_builds_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("DAOFLOW_CACHE_DIR", str(tmp_path))
+    dest = build.bin_dir()
+    dest.mkdir(parents=True)
+    for name in versions.BINARIES:
+        (dest / name).write_text("#!/bin/sh\n")
+        (dest / name).chmod(0o755)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a cached binary was built again")
+
+    monkeypatch.setattr(build, "build_group", no_build)
+    assert build.ensure_binaries() == dest
+
+
+def test_a_build_failure_names_the_module_and_version(monkeypatch, tmp_path):
+    monkeypatch.setenv("DAOFLOW_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(versions, "MODULES", {"etcd": {**versions.MODULES["etcd"], "version": "v3.6.999"}})
+    try:
+        build.build_group("etcd", tmp_path / "bin")
+    except build.BuildError as exc:
+        assert "go.etcd.io/etcd/server/v3@v3.6.999" in str(exc)
+    else:
+        raise AssertionError("a build of a version that does not exist succeeded")
