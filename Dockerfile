@@ -16,14 +16,15 @@ FROM python:3.11-slim-trixie
 RUN apt-get update \
  && apt-get install -y --no-install-recommends postgresql-client \
  && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 daoflow \
- && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+ && groupadd --system --gid 65532 daoflow \
+ && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin daoflow
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-# Numeric, so that the kubelet can check runAsNonRoot without reading /etc/passwd.
-USER 10001:10001
+# Numeric, so that the kubelet can check runAsNonRoot without reading /etc/passwd; the same
+# uid as the restore Job's pod (jobs.RUNNER_UID).
+USER 65532:65532
 # The operator by default; the restore Job sets command: ["python", "-m", "daoflow_operator.runner"].
-CMD ["kopf", "run", "--standalone", "--all-namespaces", "-m", "daoflow_operator.handlers"]
+CMD ["python", "-m", "daoflow_operator"]

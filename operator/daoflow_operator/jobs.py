@@ -77,6 +77,17 @@ def runner_plan(restore: dict, plan: dict, destination: dict, config: Config) ->
     }
 
 
+def scratch_volume(plan: dict) -> dict:
+    """/tmp: small for a volume restore (it stages on the target itself); for a database, the
+    whole dump is verified there before pg_restore reads it, so it must hold the artifact."""
+    size = plan["artifact"].get("sizeBytes")
+    if plan["target"]["type"] != "postgres":
+        return {"sizeLimit": "1Gi"}
+    if size is None:
+        return {}
+    return {"sizeLimit": str(max(1 << 30, size + size // 10 + (64 << 20)))}
+
+
 def build_job(restore: dict, plan: dict, destination: dict, config: Config) -> dict[str, Any]:
     """The restore Job manifest. Pure: same inputs, same Job."""
     meta = restore["metadata"]
@@ -99,7 +110,7 @@ def build_job(restore: dict, plan: dict, destination: dict, config: Config) -> d
     volumes: list[dict] = [
         {"name": "plan", "downwardAPI": {"items": [{
             "path": "plan.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_PLAN}']"}}]}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        {"name": "tmp", "emptyDir": scratch_volume(plan)},
     ]
     mounts: list[dict] = [
         {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from runner_testlib import compress, sha256_file
+from runner_testlib import compress, sha256_file, write_s3_credentials
 
 BIG_FILE_BYTES = 101 * (1 << 20)  # the issue asks for files larger than 100 MB
 MTIME = 1_600_000_000
@@ -72,15 +72,6 @@ class S3Server:
             "prefix": prefix, "forcePathStyle": path_style,
             "credentialsDir": str(creds_dir or self.creds_dir),
         }
-
-
-def write_s3_credentials(directory: Path, access_key: str, secret: str, token: str = "") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "AWS_ACCESS_KEY_ID").write_text(access_key + "\n")
-    (directory / "AWS_SECRET_ACCESS_KEY").write_text(secret + "\n")
-    if token:
-        (directory / "AWS_SESSION_TOKEN").write_text(token)
-    return directory
 
 
 @pytest.fixture(scope="session")

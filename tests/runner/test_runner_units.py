@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import io
 import os
 import re
 import tarfile
@@ -18,7 +17,7 @@ from daoflow_operator.runner import decompress, members as m, plan as p, postgre
 from daoflow_operator.runner.failures import FAILURES, RunnerFailure, exit_code
 from daoflow_operator.runner.main import verify_checksum
 from daoflow_operator.runner.tarstream import TarStream
-from runner_testlib import END_OF_ARCHIVE, info, pad, raw_header, tar_bytes
+from runner_testlib import info, pad, raw_header, tar_bytes
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "runner.md"
 
@@ -143,8 +142,6 @@ def test_old_style_directory_by_trailing_slash():
 
 
 def test_pax_records():
-    body = "30 path=données/ファイル.txt\n".encode()
-    body = str(len(body)).encode() + body[2:] if len(body) != 30 else body
     rec = b" path=d\xc3\xa9j\xc3\xa0\n"
     rec = str(len(rec) + 2).encode() + rec
     assert m.parse_pax(rec) == {"path": "déjà"}
@@ -390,3 +387,29 @@ def test_pg_restore_arguments_never_hold_the_password():
     env = postgres.libpq_env(db, {"PATH": "/bin", "PGSERVICE": "evil", "PGPASSWORD": "old"})
     assert env["PGPASSWORD"] == "pw-Secret-123" and "PGSERVICE" not in env
     assert "pw-Secret-123" not in repr(db)
+
+
+def test_verify_after_failure_reads_only_a_bounded_rest(monkeypatch):
+    """A failing archive with a huge rest is not read to the end just to pick a reason."""
+    from daoflow_operator.runner import main as runner_main
+
+    class Reader:
+        count = 10
+        finished = False
+
+        def finish(self):
+            self.finished = True
+            return "b" * 64, 20
+
+    plan = p.parse_plan(valid_plan(artifact={"path": "a.tar", "format": "tar", "sizeBytes": 20,
+                                             "sha256": "a" * 64}))
+    result = runner_main.Result()
+    failure = RunnerFailure("UnsafeArchive", "x")
+    monkeypatch.setattr(runner_main, "VERIFY_AFTER_FAILURE_BYTES", 5)
+    reader = Reader()
+    runner_main._verify_after_failure(reader, plan, result, failure)
+    assert not reader.finished and result.sha256 == ""
+    monkeypatch.setattr(runner_main, "VERIFY_AFTER_FAILURE_BYTES", 50)
+    assert "sha256" in refused("ChecksumMismatch", runner_main._verify_after_failure, reader, plan,
+                               result, failure)
+    assert reader.finished

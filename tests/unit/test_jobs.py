@@ -67,3 +67,13 @@ def test_a_postgres_target_mounts_the_database_secret():
 
 def test_the_same_inputs_give_the_same_job():
     assert build(s3_destination()) == build(s3_destination())
+
+
+def test_scratch_space_holds_a_database_dump():
+    big = run(fmt="postgres-custom", source_type="postgres")
+    big["status"]["artifact"]["sizeBytes"] = 10 << 30
+    pod = build(s3_destination(), the_run=big)["spec"]["template"]["spec"]
+    tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")["emptyDir"]
+    assert int(tmp["sizeLimit"]) > 10 << 30
+    pod = build(s3_destination())["spec"]["template"]["spec"]
+    assert next(v for v in pod["volumes"] if v["name"] == "tmp")["emptyDir"] == {"sizeLimit": "1Gi"}

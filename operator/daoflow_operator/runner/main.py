@@ -39,6 +39,7 @@ MAX_PLAN_BYTES = 1 << 20
 # Failures that the archive's content causes: worth checking whether the content was the
 # pinned one at all before blaming it (a flipped byte usually breaks decompression first).
 CONTENT_FAILURES = ("UnsafeArchive", "CorruptArchive", "LimitExceeded")
+VERIFY_AFTER_FAILURE_BYTES = 4 << 30
 
 
 @dataclass
@@ -164,7 +165,10 @@ def fetch(plan: Plan, progress: Progress, redact: Redactor) -> Fetch:
 
 def _verify_after_failure(reader: Fetch, plan: Plan, result: Result, failure: RunnerFailure) -> None:
     """An archive failed to unpack: read the rest and, if it is not the pinned artifact,
-    report that instead, since it is the cause."""
+    report that instead, since it is the cause. Only when the rest is at most
+    VERIFY_AFTER_FAILURE_BYTES: a reason is not worth reading terabytes for."""
+    if plan.artifact.size_bytes - reader.count > VERIFY_AFTER_FAILURE_BYTES:
+        return
     try:
         result.sha256, result.bytes = reader.finish()
     except RunnerFailure:
@@ -220,7 +224,10 @@ def execute_volume(plan: Plan, progress: Progress, result: Result, out: Output) 
         ws.commit(plan.existing_data)
         committed = True
         if plan.existing_data == "Merge":
-            unpacker.apply_dir_metadata(target)
+            try:  # past the commit point: the data is restored, a mode it could not set is logged
+                unpacker.apply_dir_metadata(target)
+            except RunnerFailure as failure:
+                out.log(f"restored, but not all folder modes were applied: {failure.message}")
         result.files = unpacker.files
     finally:
         try:
