@@ -22,6 +22,7 @@ BACKUP_RUN_FAILED = "BackupRunFailed"
 ARTIFACT_PATH_MISSING = "ArtifactPathMissing"
 ARTIFACT_PATH_INVALID = "ArtifactPathInvalid"
 ARTIFACT_CHECKSUM_MISSING = "ArtifactChecksumMissing"
+ARTIFACT_SIZE_MISSING = "ArtifactSizeMissing"
 DESTINATION_NOT_FOUND = "DestinationNotFound"
 DESTINATION_INVALID = "DestinationInvalid"
 TARGET_INVALID = "TargetInvalid"
@@ -177,7 +178,11 @@ def plan(namespace: str, spec: models.BackupRestoreSpec, run: dict | None,
         else:
             checks.append(_check("artifactChecksum", "ok", f"sha256 {artifact_raw['sha256']}"))
         if artifact_raw.get("sizeBytes") is None:
-            checks.append(_check("artifactSize", "warn", "the artifact's size is not recorded; progress shows bytes only"))
+            # The runner stops a fetch that goes past the pinned size, so it needs one.
+            fail("artifactSize", ARTIFACT_SIZE_MISSING,
+                 f"BackupRun {run_name} records no size for its artifact, so the fetch cannot be bounded")
+        else:
+            checks.append(_check("artifactSize", "ok", f"{artifact_raw['sizeBytes']} bytes"))
 
     # -- the destination ----------------------------------------------------------------
     dest_name = _get(run, "spec", "destinationRef", "name", default="")

@@ -6,10 +6,10 @@ SHA = "a" * 64
 
 
 def run(name="db-nightly", phase="Succeeded", path="runs/db-nightly.tar.zst", fmt="tar+zstd", sha=SHA,
-        source_type="volume", destination="s3-main", **status_extra) -> dict:
+        source_type="volume", destination="s3-main", size=1234, **status_extra) -> dict:
     source = ({"type": "volume", "persistentVolumeClaim": {"claimName": "data"}} if source_type == "volume"
               else {"type": "postgres", "database": {"secretRef": {"name": "db"}}})
-    artifact = {"path": path, "format": fmt, "sizeBytes": 1234, "sha256": sha}
+    artifact = {"path": path, "format": fmt, "sizeBytes": size, "sha256": sha}
     return {
         "apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupRun",
         "metadata": {"name": name, "namespace": "ns", "uid": "run-uid", "resourceVersion": "42"},

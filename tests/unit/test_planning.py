@@ -53,6 +53,7 @@ def test_a_missing_or_unfinished_run_means_wait(the_run, reason):
     (run(path="a\\b"), s3_destination(), planning.ARTIFACT_PATH_INVALID),
     (run(path="a\x00b"), s3_destination(), planning.ARTIFACT_PATH_INVALID),
     (run(sha=None), s3_destination(), planning.ARTIFACT_CHECKSUM_MISSING),
+    (run(size=None), s3_destination(), planning.ARTIFACT_SIZE_MISSING),
     (run(), None, planning.DESTINATION_NOT_FOUND),
     (run(), {"metadata": {"name": "s3-main"}, "spec": {}}, planning.DESTINATION_INVALID),
     (run(fmt="postgres-custom"), s3_destination(), planning.TARGET_INVALID),
