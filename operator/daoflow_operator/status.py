@@ -278,11 +278,14 @@ def decide(restore: dict, observed: Observation, now: datetime) -> Decision:
         verified = bool(report and report.get("verified") and report.get("sha256") == sha)
         if not any(e.get("step") == "fetch" for e in status.get("auditTrail", [])):
             audit(status, now, "fetch", "ok", f"Job {job_name_} fetched the artifact")
+            events.append(Event("Normal", "Fetched", f"Job {job_name_} fetched the artifact"))
         if verified:
             set_condition(status, ARTIFACT_VERIFIED, "True", "ChecksumMatched", f"sha256 {sha} matched", generation, now)
-            audit(status, now, "execute", "ok", f"Job {job_name_} restored {report.get('bytes')} bytes, "
-                                                f"{report.get('files')} files")
+            restored = f"Job {job_name_} restored {report.get('bytes')} bytes, {report.get('files')} files"
+            audit(status, now, "execute", "ok", restored)
+            events.append(Event("Normal", "Restored", restored))
             audit(status, now, "verify", "ok", f"sha256 {sha} matched before the data became visible")
+            events.append(Event("Normal", "ChecksumVerified", f"sha256 {sha} matched before the data became visible"))
         else:
             detail = "the runner's report is missing or does not confirm the checksum"
             set_condition(status, ARTIFACT_VERIFIED, "Unknown", REPORT_MISSING, detail, generation, now)

@@ -68,8 +68,10 @@ def test_a_real_restore_runs_one_job_to_success_with_a_full_audit_trail(cluster,
     assert [j["metadata"]["name"] for j in jobs(cluster, namespace)] == [f"{name}-restore"]
     assert status["jobRef"] == {"name": f"{name}-restore"}
     reasons = [e["reason"] for e in events(cluster, namespace, name)]
-    for reason in ("Validated", "Queued", "Succeeded"):
+    # One event per step; fetch is "Fetching" when the running Job was seen, else "Fetched".
+    for reason in ("Validated", "Queued", "Restored", "ChecksumVerified", "Succeeded"):
         assert reason in reasons
+    assert "Fetching" in reasons or "Fetched" in reasons
     describe = cluster.kubectl("describe", "backuprestore", name, "-n", namespace).stdout
     assert "Succeeded" in describe and "Queued" in describe
     wide = cluster.kubectl("get", "backuprestore", name, "-n", namespace, "-o", "wide").stdout
