@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -164,7 +164,3 @@ def api_client_from_env() -> kubernetes.client.ApiClient:
         return kubernetes.client.ApiClient()
     except kubernetes.config.ConfigException:
         return kubernetes.config.new_client_from_config()
-
-
-def to_dict(client: kubernetes.client.ApiClient, obj: Any) -> dict:
-    return client.sanitize_for_serialization(obj)

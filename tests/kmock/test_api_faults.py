@@ -9,15 +9,7 @@ import kubernetes
 import pytest
 
 from fault_aware import FaultAwareEmulator
-from daoflow_operator import handlers
-from daoflow_operator.config import Config
-from daoflow_operator.kube import Kube
-
-RESTORES = "backup.daoflow.dev/v1alpha1/backuprestores"
-RUNS = "backup.daoflow.dev/v1alpha1/backupruns"
-DESTINATIONS = "backup.daoflow.dev/v1alpha1/backupdestinations"
-JOBS = "batch/v1/jobs"
-SHA = "c" * 64
+from kmock_world import JOBS, RESTORES, declare, operator_for, restore
 
 
 def status(code: int, reason: str) -> dict:
@@ -27,36 +19,9 @@ def status(code: int, reason: str) -> dict:
 
 @pytest.fixture
 def k8s(kmock):
-    for res, kind in ((RESTORES, "BackupRestore"), (RUNS, "BackupRun"), (DESTINATIONS, "BackupDestination")):
-        kmock.resources[res] = {"kind": kind, "namespaced": True, "verbs": ["get", "list", "watch", "patch", "create"],
-                                "subresources": ["status"]}
-    kmock.resources[JOBS] = {"kind": "Job", "namespaced": True, "verbs": ["get", "list", "watch", "create"]}
-    kmock.resources["v1/events"] = {"kind": "Event", "namespaced": True, "verbs": ["create"]}
-    kmock.resources["v1/pods"] = {"kind": "Pod", "namespaced": True, "verbs": ["get", "list"]}
-    kmock.objects[RESTORES, "ns", "r1"] = {
-        "apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupRestore",
-        "metadata": {"name": "r1", "namespace": "ns", "uid": "uid-r1", "generation": 1, "resourceVersion": "5"},
-        "spec": {"backupRunRef": {"name": "nightly"}, "dryRun": False, "existingData": "FailIfNotEmpty"},
-    }
-    kmock.objects[RUNS, "ns", "nightly"] = {
-        "metadata": {"name": "nightly", "namespace": "ns", "uid": "uid-run", "resourceVersion": "3"},
-        "spec": {"destinationRef": {"name": "shared"},
-                 "source": {"type": "volume", "persistentVolumeClaim": {"claimName": "data"}}},
-        "status": {"phase": "Succeeded", "completionTime": "2026-11-27T02:00:00Z",
-                   "artifact": {"path": "a.tar.zst", "format": "tar+zstd", "sizeBytes": 10, "sha256": SHA}},
-    }
-    kmock.objects[DESTINATIONS, "ns", "shared"] = {
-        "metadata": {"name": "shared", "namespace": "ns", "uid": "uid-dest"},
-        "spec": {"persistentVolumeClaim": {"claimName": "backups"}},
-    }
+    declare(kmock)
+    kmock.objects[RESTORES, "ns", "r1"] = restore("r1")
     return kmock
-
-
-def operator_for(k8s) -> handlers.Operator:
-    cfg = kubernetes.client.Configuration()
-    cfg.host = str(k8s.url).rstrip("/")
-    client = kubernetes.client.ApiClient(cfg)
-    return handlers.Operator(Kube(client, sleep=lambda s: None), Config())
 
 
 def status_patches(k8s) -> list:

@@ -1,0 +1,53 @@
+"""The API that the operator's tests need from kmock: the kinds it touches, and a backup to restore."""
+
+from __future__ import annotations
+
+import kubernetes
+
+from daoflow_operator import handlers
+from daoflow_operator.config import Config
+from daoflow_operator.kube import Kube
+
+RESTORES = "backup.daoflow.dev/v1alpha1/backuprestores"
+RUNS = "backup.daoflow.dev/v1alpha1/backupruns"
+DESTINATIONS = "backup.daoflow.dev/v1alpha1/backupdestinations"
+JOBS = "batch/v1/jobs"
+SHA = "c" * 64
+
+
+def declare(kmock) -> None:
+    """The kinds, with the verbs the operator uses, and a Succeeded BackupRun with its destination."""
+    for res, kind in ((RESTORES, "BackupRestore"), (RUNS, "BackupRun"), (DESTINATIONS, "BackupDestination")):
+        kmock.resources[res] = {"kind": kind, "namespaced": True, "verbs": ["get", "list", "watch", "patch", "create"],
+                                "subresources": ["status"]}
+    kmock.resources[JOBS] = {"kind": "Job", "namespaced": True, "verbs": ["get", "list", "watch", "create"]}
+    kmock.resources["v1/events"] = {"kind": "Event", "namespaced": True, "verbs": ["create"]}
+    kmock.resources["v1/pods"] = {"kind": "Pod", "namespaced": True, "verbs": ["get", "list"]}
+    kmock.objects[RUNS, "ns", "nightly"] = {
+        "apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupRun",
+        "metadata": {"name": "nightly", "namespace": "ns", "uid": "uid-run", "resourceVersion": "3"},
+        "spec": {"destinationRef": {"name": "shared"},
+                 "source": {"type": "volume", "persistentVolumeClaim": {"claimName": "data"}}},
+        "status": {"phase": "Succeeded", "completionTime": "2026-11-27T02:00:00Z",
+                   "artifact": {"path": "a.tar.zst", "format": "tar+zstd", "sizeBytes": 10, "sha256": SHA}},
+    }
+    kmock.objects[DESTINATIONS, "ns", "shared"] = {
+        "apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupDestination",
+        "metadata": {"name": "shared", "namespace": "ns", "uid": "uid-dest"},
+        "spec": {"persistentVolumeClaim": {"claimName": "backups"}},
+    }
+
+
+def restore(name: str = "r1") -> dict:
+    return {
+        "apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupRestore",
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1, "resourceVersion": "5"},
+        "spec": {"backupRunRef": {"name": "nightly"}},
+    }
+
+
+def operator_for(kmock) -> handlers.Operator:
+    """The operator's shell with a plain API client for kmock; retries do not sleep."""
+    cfg = kubernetes.client.Configuration()
+    cfg.host = str(kmock.url).rstrip("/")
+    return handlers.Operator(Kube(kubernetes.client.ApiClient(cfg), sleep=lambda s: None), Config())
