@@ -117,3 +117,16 @@ def test_yes_wait_exits_non_zero_when_the_restore_fails(cluster, namespace, oper
                      kubeconfig=cluster.kubeconfig)
     assert result.returncode == cli_module.EXIT_RESTORE_FAILED
     assert "BackupRunFailed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_cli_is_also_a_kubectl_plugin(cluster, namespace):
+    from cluster_helpers import kubectl_binary
+
+    destination(cluster, namespace)
+    backup_run(cluster, namespace)
+    scripts = os.path.dirname(sys.executable)  # where the package installed kubectl-daoflow
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PATH": f"{scripts}:{os.environ['PATH']}"}
+    result = subprocess.run([kubectl_binary(), "daoflow", "backup", "list", "-n", namespace], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "nightly" in result.stdout and "Succeeded" in result.stdout
