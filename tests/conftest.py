@@ -44,11 +44,12 @@ def cluster(request, tmp_path_factory) -> Cluster:
 
     from daoflow_operator.localcluster.cluster import LocalCluster
 
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
 
     def log(msg: str) -> None:
-        if reporter:
-            reporter.write_line(f"[localcluster] {msg}")
+        # Shown even while output is captured: a first build takes minutes and must not look hung.
+        with capture.global_and_fixture_disabled():
+            print(f"\n[localcluster] {msg}", flush=True)
 
     local = LocalCluster(tmp_path_factory.mktemp("localcluster"), log=log)
     started = time.monotonic()
