@@ -11,7 +11,8 @@ half base64 text, so that compression has work to do), then times:
   sha256sum + tar -x, and tar -x alone, on the same file.
 It prints MB/s (of unpacked data) and the runner's peak RSS (VmHWM), then the ratios. The artifact is
 read once before each timed run so that every run finds it in the page cache.
-Timings are printed, never asserted. Needs the test extra (moto, boto3) for the S3 source.
+Timings are printed, never asserted. The S3 source is Versity's S3 gateway, built once from its
+pinned Go module (as the tests do); uploads need boto3 (the test extra).
 """
 
 from __future__ import annotations
@@ -140,10 +141,16 @@ class S3:
     def __init__(self, workdir: str):
         import boto3
 
+        from daoflow_operator.localcluster import build
+
+        binary = build.ensure_tool("versitygw", log=lambda msg: print(msg, file=sys.stderr))
         self.port = free_port()
-        self.log = open(os.path.join(workdir, "moto.log"), "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                      "-p", str(self.port)], stdout=self.log, stderr=self.log)
+        root = os.path.join(workdir, "s3-root")
+        os.makedirs(root)
+        self.log = open(os.path.join(workdir, "versitygw.log"), "wb")
+        env = dict(os.environ, ROOT_ACCESS_KEY_ID="bench", ROOT_SECRET_ACCESS_KEY="bench-secret")
+        self.proc = subprocess.Popen([str(binary), "--port", f"127.0.0.1:{self.port}", "posix", root],
+                                     stdout=self.log, stderr=self.log, env=env)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -151,7 +158,7 @@ class S3:
                 break
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise SystemExit("moto server did not start")
+                    raise SystemExit("the S3 server did not start")
                 time.sleep(0.1)
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",

@@ -2,7 +2,8 @@
 # Installs the real storage the runner tests use, from Debian's packages: PostgreSQL (server
 # and client, which also creates the `postgres` user the tests start it as) and zstd (for the
 # benchmark's baseline). Safe to run again: it installs only what is missing.
-# moto and boto3, the S3 server and the upload client, come with the Python test extra.
+# The S3 server (Versity's S3 gateway) is built from its Go module by the tests themselves;
+# boto3, the tests' upload client, comes with the Python test extra.
 set -euo pipefail
 
 need=()

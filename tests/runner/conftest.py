@@ -1,6 +1,7 @@
-"""Real storage for the runner tests: an S3 server (moto's standalone server) and PostgreSQL,
-both started here on loopback with free ports, once per session. A missing tool fails the
-tests rather than skipping them: CI installs both (hack/install-storage.sh, the test extra).
+"""Real storage for the runner tests: an S3 server (Versity's S3 gateway, built from its Go
+module) and PostgreSQL, both started here on loopback with free ports, once per session. A
+missing tool fails the tests rather than skipping them: CI installs and builds both
+(hack/install-storage.sh, and the pinned build in daoflow_operator.localcluster).
 """
 
 from __future__ import annotations
@@ -76,39 +77,33 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory) -> S3Server:
-    """moto's S3 server with authentication on: after the three IAM calls that create the
-    test user, every request must carry a valid SigV4 signature (so the runner's signing is
-    checked by a real verifier, not assumed)."""
-    try:
-        import boto3
-        import moto.server  # noqa: F401
-    except ImportError as exc:
-        pytest.fail(f"moto[server] and boto3 are required (pip install -e '.[test]'): {exc}")
+    """Versity's S3 gateway (a production server) on a POSIX folder. It checks every request's
+    SigV4 signature, so the runner's signing is verified by a real server, not assumed."""
+    import secrets
+
+    import boto3
+    from daoflow_operator.localcluster import build
+
+    binary = build.ensure_tool("versitygw", log=lambda msg: print(msg, file=sys.stderr))
+    root = tmp_path_factory.mktemp("s3-root")
+    access_key, secret_key = "DAOFLOW" + secrets.token_hex(6).upper(), secrets.token_hex(20)
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
+    log = open(tmp_path_factory.mktemp("s3-log") / "versitygw.log", "wb")
+    # Credentials through the environment, so they do not show in the process list.
+    env = dict(os.environ, ROOT_ACCESS_KEY_ID=access_key, ROOT_SECRET_ACCESS_KEY=secret_key)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [str(binary), "--port", f"127.0.0.1:{port}", "--region", "us-east-1", "--virtual-domain", "localhost",
+         "posix", str(root)],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     try:
-        wait_for_port(port, proc, "moto server")
+        wait_for_port(port, proc, "versitygw")
         endpoint = f"http://127.0.0.1:{port}"
-        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
-                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
-        iam.create_user(UserName="restorer")
-        iam.put_user_policy(UserName="restorer", PolicyName="all", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17",
-             "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="restorer")["AccessKey"]
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id=key["AccessKeyId"],
-                              aws_secret_access_key=key["SecretAccessKey"])
+                              aws_access_key_id=access_key, aws_secret_access_key=secret_key)
         client.create_bucket(Bucket="backups")
-        creds = write_s3_credentials(tmp_path_factory.mktemp("s3-credentials"),
-                                     key["AccessKeyId"], key["SecretAccessKey"])
-        yield S3Server(endpoint, port, "backups", key["AccessKeyId"], key["SecretAccessKey"],
-                       client, creds)
+        creds = write_s3_credentials(tmp_path_factory.mktemp("s3-credentials"), access_key, secret_key)
+        yield S3Server(endpoint, port, "backups", access_key, secret_key, client, creds)
     finally:
         proc.terminate()
         try:

@@ -55,7 +55,8 @@ def test_round_trip_from_volume(fmt, sample, tmp_path):
 
 def test_virtual_host_style_and_sub_path_prefix(s3, sample, uploaded, tmp_path):
     """Virtual-host addressing: the bucket goes into the Host header. `localhost` resolves
-    to loopback, and moto reads the bucket from `backups.localhost:<port>`."""
+    to loopback, and the S3 server (started with --virtual-domain localhost) reads the bucket
+    from `backups.localhost:<port>`."""
     from daoflow_operator.runner.s3 import S3Object, read_credentials
 
     obj = S3Object(endpoint=f"http://localhost:{s3.port}", bucket=s3.bucket,

@@ -128,12 +128,17 @@ def _run(cmd: list[str], cwd: Path, what: str) -> str:
 
 
 def build_group(group: str, dest: Path, log=print) -> None:
-    spec = versions.MODULES[group]
+    build_module(group, versions.MODULES[group], dest, log=log)
+
+
+def build_module(group: str, spec: dict, dest: Path, log=print) -> None:
+    """Builds one wrapper module's binaries into dest; `group` names its work folder."""
     module, version = spec["module"], spec["version"]
     what = f"building {module}@{version}"
     if not shutil.which("go"):
         raise BuildError(f"{what}: the `go` command is not on PATH")
-    work = cache_root() / versions.cache_key() / "src" / group
+    work = cache_root() / "src" / f"{group}-{version}" if group in versions.TOOLS \
+        else cache_root() / versions.cache_key() / "src" / group
     work.mkdir(parents=True, exist_ok=True)
     info = json.loads(_run(["go", "mod", "download", "-json", f"{module}@{version}"], work, what))
     upstream = Path(info["GoMod"]).read_text()
@@ -174,14 +179,28 @@ def ensure_binaries(log=print) -> Path:
     return dest
 
 
+def tool_path(name: str) -> Path:
+    spec = versions.TOOLS[name]
+    return cache_root() / f"{name}-{spec['version']}" / "bin" / name
+
+
+def ensure_tool(name: str, log=print) -> Path:
+    """Builds a pinned tool (such as the tests' S3 server) once, and returns its path."""
+    path = tool_path(name)
+    if not os.access(path, os.X_OK):
+        build_module(name, versions.TOOLS[name], path.parent, log=log)
+    return path
+
+
 def main() -> int:
     started = time.monotonic()
     try:
         dest = ensure_binaries()
+        tools = [ensure_tool(name) for name in versions.TOOLS]
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"binaries ready in {dest} ({time.monotonic() - started:.0f}s)")
+    print(f"binaries ready in {dest} and {', '.join(str(t) for t in tools)} ({time.monotonic() - started:.0f}s)")
     return 0
 
 

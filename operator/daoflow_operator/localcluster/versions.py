@@ -8,6 +8,9 @@ is never mixed with a new one.
 KUBERNETES = "v1.36.3"
 ETCD = "v3.6.16"
 KWOK = "v0.8.0"
+# The S3-compatible server of the runner's tests: Versity's S3 gateway, a production server
+# with a POSIX backend. Kept in a cache folder of its own, so changing it rebuilds only it.
+VERSITYGW = "v1.8.0"
 
 # Each group is one wrapper module: a go.mod that requires the upstream module
 # and is built with a single `go build` so that packages are compiled once.
@@ -35,6 +38,14 @@ MODULES = {
 }
 
 BINARIES = tuple(name for group in MODULES.values() for name in group["packages"])
+
+TOOLS = {
+    "versitygw": {
+        "module": "github.com/versity/versitygw",
+        "version": VERSITYGW,
+        "packages": {"versitygw": "github.com/versity/versitygw/cmd/versitygw"},
+    },
+}
 
 
 def cache_key() -> str:
