@@ -41,7 +41,7 @@ crds: install ## Generate crds/ (and the Helm chart's copy) from the pydantic mo
 	$(PY) -m daoflow_operator.api.crdgen crds helm/daoflow-operator/crds
 
 .PHONY: test-deps
-test-deps: ## Install the system packages the tests need (PostgreSQL, zstd), if missing
+test-deps: ## Install the system packages the tests need (openssl, PostgreSQL, zstd), if missing
 	@bash hack/install-storage.sh
 
 .PHONY: test

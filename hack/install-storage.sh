@@ -11,6 +11,7 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 command -v pg_restore >/dev/null || need+=(postgresql-client)
 command -v zstd >/dev/null || need+=(zstd)
 command -v runuser >/dev/null || need+=(util-linux)
+command -v openssl >/dev/null || need+=(openssl)  # the local control plane's certificates
 
 if ((${#need[@]} == 0)); then
   echo "install-storage: PostgreSQL and zstd are already installed"
