@@ -14,7 +14,7 @@ command -v runuser >/dev/null || need+=(util-linux)
 command -v openssl >/dev/null || need+=(openssl)  # the local control plane's certificates
 
 if ((${#need[@]} == 0)); then
-  echo "install-storage: PostgreSQL and zstd are already installed"
+  echo "install-storage: openssl, PostgreSQL and zstd are already installed"
   exit 0
 fi
 
