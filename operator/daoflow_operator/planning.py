@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .api import models
+from .paths import relative_path_problem
 
 # Reasons, as they appear in conditions and events.
 BACKUP_RUN_NOT_FOUND = "BackupRunNotFound"
@@ -44,23 +45,6 @@ class PlanResult:
     plan: models.RestorePlan
 
 
-def artifact_path_problem(path: str) -> str | None:
-    """Why an artifact path would escape its destination, or None when it is safe."""
-    if not path:
-        return "is empty"
-    if "\x00" in path:
-        return "contains a NUL byte"
-    if "\\" in path:
-        return "contains a backslash"
-    if path.startswith("/"):
-        return "is absolute"
-    if any(part == ".." for part in path.split("/")):
-        return "contains a '..' component"
-    if any(ord(c) < 0x20 for c in path):
-        return "contains a control character"
-    return None
-
-
 def _get(obj: dict | None, *keys: str, default: Any = None) -> Any:
     for key in keys:
         if not isinstance(obj, dict):
@@ -88,7 +72,7 @@ def _destination_location(destination: dict, path: str) -> tuple[str | None, str
     if not pvc.get("claimName"):
         return "persistentVolumeClaim", "", ["persistentVolumeClaim.claimName is not set"]
     sub = pvc.get("subPath") or ""
-    problem = artifact_path_problem(sub) if sub else None
+    problem = relative_path_problem(sub) if sub else None
     location = f"pvc://{pvc['claimName']}/" + (sub.rstrip("/") + "/" if sub else "") + path
     return "persistentVolumeClaim", location, [f"persistentVolumeClaim.subPath {problem}"] if problem else []
 
@@ -165,7 +149,7 @@ def plan(namespace: str, spec: models.BackupRestoreSpec, run: dict | None,
     path = artifact_raw.get("path") or ""
     succeeded = run is not None and phase == "Succeeded"
     if succeeded:
-        problem = artifact_path_problem(path)
+        problem = relative_path_problem(path)
         if not path:
             fail("artifactPath", ARTIFACT_PATH_MISSING, f"BackupRun {run_name} has no artifact path")
         elif problem:

@@ -1,6 +1,7 @@
 import pytest
 
 from daoflow_operator import planning
+from daoflow_operator.paths import relative_path_problem
 from daoflow_operator.api import models
 
 from objects import pvc_destination, run, s3_destination
@@ -81,9 +82,10 @@ def test_an_expected_hash_that_no_longer_matches_is_plan_drift():
 
 
 @pytest.mark.parametrize("path, problem", [
-    ("ok/file.tar", None), ("", "is empty"), ("../x", "contains a '..' component"),
-    ("a/../../x", "contains a '..' component"), ("/x", "is absolute"), ("a\\x", "contains a backslash"),
-    ("a\x00", "contains a NUL byte"), ("a\nb", "contains a control character"),
+    ("ok/file.tar", None), ("", "must not be empty"), ("../x", "must not contain '..'"),
+    ("a/../../x", "must not contain '..'"), ("/x", "must be relative, not absolute"),
+    ("a\\x", "must not contain a backslash"), ("a\x00", "must not contain NUL"),
+    ("a\nb", "must not contain control characters"),
 ])
 def test_artifact_path_problems(path, problem):
-    assert planning.artifact_path_problem(path) == problem
+    assert relative_path_problem(path) == problem

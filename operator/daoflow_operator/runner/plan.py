@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..paths import relative_path_problem
 from .failures import invalid_plan
 
 ARCHIVE_FORMATS = ("tar", "tar+gzip", "tar+zstd")
@@ -96,17 +97,10 @@ def check_relative_path(value: str, what: str, allow_empty: bool = False) -> str
         raise invalid_plan(f"{what} must be a string")
     if value == "" and allow_empty:
         return ""
-    if value == "":
-        raise invalid_plan(f"{what} must not be empty")
-    if "\x00" in value:
-        raise invalid_plan(f"{what} must not contain NUL")
-    if "\\" in value:
-        raise invalid_plan(f"{what} must not contain a backslash")
-    if value.startswith("/"):
-        raise invalid_plan(f"{what} must be relative, not absolute")
+    problem = relative_path_problem(value)
+    if problem:
+        raise invalid_plan(f"{what} {problem}")
     parts = [p for p in value.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise invalid_plan(f"{what} must not contain '..'")
     if not parts and not allow_empty:
         raise invalid_plan(f"{what} must name a file")
     return "/".join(parts)
