@@ -220,8 +220,16 @@ class S3Object:
             try:
                 conn, resp = self._open(offset)
                 while True:
+                    # Fill the whole chunk: a socket read returns far less, and every small
+                    # chunk costs a queue hand-off and a decompressor call downstream.
                     buf = bytearray(chunk_size)
-                    n = resp.readinto(buf)
+                    view, n = memoryview(buf), 0
+                    while n < chunk_size:
+                        got = resp.readinto(view[n:])
+                        if not got:
+                            break
+                        n += got
+                    view.release()
                     if not n:
                         break
                     offset += n
