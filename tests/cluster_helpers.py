@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -16,18 +15,9 @@ import kubernetes
 
 
 def kubectl_binary() -> str:
-    from daoflow_operator.localcluster import build
+    from daoflow_operator import dev
 
-    cached = build.bin_dir() / "kubectl"
-    if os.access(cached, os.X_OK):
-        return str(cached)
-    assets = os.environ.get("KUBEBUILDER_ASSETS")
-    if assets and os.access(Path(assets) / "kubectl", os.X_OK):
-        return str(Path(assets) / "kubectl")
-    found = shutil.which("kubectl")
-    if not found:
-        raise RuntimeError("kubectl not found: build the local binaries (make binaries) or put kubectl on PATH")
-    return found
+    return dev.kubectl_path()
 
 
 def docker_engine_available() -> bool:
@@ -89,16 +79,10 @@ class Cluster:
     def token_kubeconfig(self, name: str, token: str) -> Path:
         if self.local is not None:
             return self.local.token_kubeconfig(name, token)
-        cfg = json.loads(self.kubectl("config", "view", "--minify", "--raw", "-o", "json").stdout)
-        cfg["users"] = [{"name": name, "user": {"token": token}}]
-        cfg["contexts"][0]["context"]["user"] = name
-        path = Path(os.environ.get("TMPDIR", "/tmp")) / f"daoflow-kubeconfig-{name}"
-        path.write_text(json.dumps(cfg))
-        return path
+        from daoflow_operator import dev
 
-    def serviceaccount_kubeconfig(self, namespace: str, name: str, duration: str = "2h") -> Path:
-        token = self.kubectl("create", "token", name, "-n", namespace, f"--duration={duration}").stdout.strip()
-        return self.token_kubeconfig(f"sa-{namespace}-{name}", token)
+        out = Path(os.environ.get("TMPDIR", "/tmp")) / f"daoflow-kubeconfig-{name}"
+        return dev.token_kubeconfig(str(self.kubeconfig), name, token, out)
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -128,7 +112,3 @@ class Cluster:
             lambda: self.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode == 0,
             timeout=60, what=f"the default ServiceAccount in {namespace}",
         )
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()

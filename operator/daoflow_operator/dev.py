@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,10 +21,19 @@ NAMESPACE, SERVICE_ACCOUNT = "daoflow-system", "daoflow-operator"
 
 
 def kubectl_path() -> str:
+    """The cached kubectl of the local control plane, else KUBEBUILDER_ASSETS', else PATH's."""
     from .localcluster import build
 
-    cached = build.bin_dir() / "kubectl"
-    return str(cached) if cached.exists() else "kubectl"
+    candidates = [build.bin_dir() / "kubectl"]
+    if os.environ.get("KUBEBUILDER_ASSETS"):
+        candidates.append(Path(os.environ["KUBEBUILDER_ASSETS"]) / "kubectl")
+    for candidate in candidates:
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("kubectl")
+    if not found:
+        raise SystemExit("kubectl not found: build the local binaries (make binaries) or put kubectl on PATH")
+    return found
 
 
 def kubectl(kubeconfig: str, *args: str, input: str | None = None, capture: bool = False) -> str:
@@ -56,10 +66,16 @@ def serviceaccount_kubeconfig(kubeconfig: str, out: Path, duration: str = "24h")
         time.sleep(0.2)
     token = kubectl(kubeconfig, "create", "token", SERVICE_ACCOUNT, "-n", NAMESPACE, f"--duration={duration}",
                     capture=True).strip()
+    return token_kubeconfig(kubeconfig, SERVICE_ACCOUNT, token, out, namespace=NAMESPACE)
+
+
+def token_kubeconfig(kubeconfig: str, user: str, token: str, out: Path, namespace: str | None = None) -> Path:
+    """A kubeconfig for the same server and CA as `kubeconfig`, authenticating with a bearer token."""
     cfg = json.loads(kubectl(kubeconfig, "config", "view", "--minify", "--raw", "-o", "json", capture=True))
-    cfg["users"] = [{"name": SERVICE_ACCOUNT, "user": {"token": token}}]
-    cfg["contexts"][0]["context"]["user"] = SERVICE_ACCOUNT
-    cfg["contexts"][0]["context"]["namespace"] = NAMESPACE
+    cfg["users"] = [{"name": user, "user": {"token": token}}]
+    cfg["contexts"][0]["context"]["user"] = user
+    if namespace:
+        cfg["contexts"][0]["context"]["namespace"] = namespace
     out.write_text(json.dumps(cfg, indent=2))
     out.chmod(0o600)
     return out

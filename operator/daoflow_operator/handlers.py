@@ -57,11 +57,12 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
         job = kube.get_job(namespace, current["jobRef"]["name"])
         owned = job is not None and any(ref.get("uid") == restore["metadata"]["uid"]
                                         for ref in job["metadata"].get("ownerReferences") or [])
-        if not owned or job["metadata"].get("deletionTimestamp") and status_.job_outcome(job) not in ("complete", "failed"):
+        ended = owned and status_.job_outcome(job) in ("complete", "failed")
+        if not owned or (job["metadata"].get("deletionTimestamp") and not ended):
             observed.job_missing = True
         else:
             observed.job = job
-            if status_.job_outcome(job) in ("complete", "failed"):
+            if ended:
                 observed.report = kube.runner_report(namespace, job)
 
     decision = status_.decide(restore, observed, now())

@@ -128,7 +128,7 @@ def audit(status: dict, now: datetime, step: str, outcome: str, message: str) ->
 
 
 def changed(old: dict | None, new: dict) -> bool:
-    return json.loads(json.dumps(old or {}, default=str)) != json.loads(json.dumps(new, default=str))
+    return bool(status_patch(old, new))
 
 
 def status_patch(old: dict | None, new: dict) -> dict:

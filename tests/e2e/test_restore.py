@@ -12,7 +12,7 @@ import pytest
 
 from backups import (backup_run, condition, destination, events, jobs, restore, restore_status, set_run_status,
                      settle, succeeded, wait_phase)
-from cluster_helpers import wait_until
+from cluster_helpers import kubectl_binary, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -155,7 +155,8 @@ def test_an_operator_killed_after_creating_the_job_makes_no_second_job(cluster, 
     name = restore(cluster, namespace)
     # Kill it the moment the Job exists, whatever it had time to write after that.
     watcher = subprocess.Popen(
-        [*cluster_kubectl(cluster), "get", "jobs", "-n", namespace, "--watch", "-o", "name"],
+        [kubectl_binary(), f"--kubeconfig={cluster.kubeconfig}", "get", "jobs", "-n", namespace, "--watch",
+         "-o", "name"],
         stdout=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([watcher.stdout], [], [], 60)
@@ -169,11 +170,6 @@ def test_an_operator_killed_after_creating_the_job_makes_no_second_job(cluster, 
     status = wait_phase(cluster, namespace, name, "Succeeded", timeout=90)
     assert [j["metadata"]["name"] for j in jobs(cluster, namespace)] == [f"{name}-restore"]
     assert [e["step"] for e in status["auditTrail"]] == STEPS
-
-
-def cluster_kubectl(cluster):
-    from cluster_helpers import kubectl_binary
-    return [kubectl_binary(), f"--kubeconfig={cluster.kubeconfig}"]
 
 
 def test_the_operator_cannot_write_a_backup_run(cluster, namespace, operator_kubeconfig):
