@@ -372,9 +372,6 @@ class LocalCluster:
         with contextlib.suppress(FileNotFoundError):
             (self.workdir / "state.json").unlink()
 
-    def pids(self) -> list[int]:
-        return [c.proc.pid for c in self.components if c.proc]
-
     def __enter__(self) -> "LocalCluster":
         self.start()
         return self
