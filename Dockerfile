@@ -1,7 +1,10 @@
 # One image for the operator and the restore runner (`python -m daoflow_operator.runner`).
 # Runs as a non-root user; exec-form commands, so nothing needs a shell at run time.
+# BASE_IMAGE: the public image by default; the local node build passes an image made from Debian's
+# packages (operator/daoflow_operator/localcluster/images.py, docs/images.md).
+ARG BASE_IMAGE=python:3.11-slim-trixie
 
-FROM python:3.11-slim-trixie AS build
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -10,7 +13,7 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install . \
  && /opt/venv/bin/python -m compileall -q /opt/venv
 
-FROM python:3.11-slim-trixie
+FROM ${BASE_IMAGE}
 # pg_restore and psql for PostgreSQL targets. Debian trixie ships PostgreSQL 17's client, which
 # also reads dumps made by older pg_dump versions.
 RUN apt-get update \
