@@ -110,6 +110,8 @@ def ldflags(group: str, version: str) -> str:
             ]
     elif group == "kwok":
         flags.append(f"-X sigs.k8s.io/kwok/pkg/consts.Version={version}")
+    elif group == "containerd":
+        flags.append(f"-X github.com/containerd/containerd/v2/version.Version={version}")
     return " ".join(flags)
 
 
@@ -150,8 +152,8 @@ def build_module(group: str, spec: dict, dest: Path, log=print) -> None:
     started = time.monotonic()
     log(f"{what} ({', '.join(spec['packages'])}) ...")
     _run(
-        ["go", "build", "-trimpath", "-ldflags", ldflags(group, version), "-o", str(out) + "/",
-         *spec["packages"].values()],
+        ["go", "build", "-trimpath", *(["-tags", ",".join(spec["tags"])] if spec.get("tags") else []),
+         "-ldflags", ldflags(group, version), "-o", str(out) + "/", *spec["packages"].values()],
         work,
         what,
     )

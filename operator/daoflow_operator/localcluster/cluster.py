@@ -1,10 +1,13 @@
-"""Starts a real Kubernetes control plane as plain processes on loopback.
+"""Starts a real Kubernetes control plane as plain processes on loopback, with a real node.
 
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok run as
-children of this process, on free loopback ports. KWOK manages one fake node,
-and its stages make pods run and complete, so the job controller marks Jobs
-Complete without any container runtime. One launcher serves both the pytest
-fixture and `make cluster` / `make run`.
+children of this process, on free loopback ports. Where the machine allows it
+(root, runc, CNI plugins), a real node joins them: kubelet, containerd and runc in
+private namespaces (node.py), running the image built from the project's own
+Dockerfile. KWOK manages one simulated node, tainted `daoflow.dev/simulated` while
+the real node exists, for what a real node cannot do on demand: injected failures,
+long runs and pods by the thousand. One launcher serves both the pytest fixture
+and `make cluster` / `make run`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ from . import build
 # RBAC at all, so tests can show 403 and then grant access.
 TEST_USERS = ("alice", "bob", "carol")
 NODE_NAME = "kwok-node-0"
+# While the real node exists, only pods that tolerate this land on the simulated one.
+SIMULATED_TAINT = {"key": "daoflow.dev/simulated", "value": "true", "effect": "NoSchedule"}
+SIMULATED_TOLERATION = {"key": "daoflow.dev/simulated", "operator": "Equal", "value": "true",
+                        "effect": "NoSchedule"}
+SIMULATED_NODE_SELECTOR = {"type": "kwok"}
 
 _PR_SET_PDEATHSIG = 1
 
@@ -96,7 +104,7 @@ def make_pki(pki: Path) -> None:
              "-subj", "/CN=kube-apiserver", cwd=pki)
     (pki / "san.ext").write_text(
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,IP:10.96.0.1\nextendedKeyUsage=serverAuth\n"
+        "DNS:kubernetes.default.svc,IP:10.96.0.1,IP:10.88.0.1\nextendedKeyUsage=serverAuth\n"
     )
     _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
              "-CAcreateserial", "-out", "apiserver.crt", "-days", "3650", "-extfile", "san.ext", cwd=pki)
@@ -144,6 +152,16 @@ class LocalCluster:
     components: list[Component] = field(default_factory=list)
     server: str = ""
     tokens: dict[str, str] = field(default_factory=dict)
+    # "auto": a real node where the machine can run one, else only the simulated node;
+    # "kwok": only the simulated node. DAOFLOW_NODE=kwok forces the latter.
+    node_mode: str = "auto"
+    node: object = None  # node.RealNode while it runs
+    node_unavailable: str | None = None  # why there is no real node, when there is none
+    runner_image: str = ""  # the image built from the Dockerfile, present on the real node
+
+    @property
+    def real_node(self) -> bool:
+        return self.node is not None
 
     @property
     def kubeconfig(self) -> Path:
@@ -176,6 +194,7 @@ class LocalCluster:
             self.binaries = resolve_binaries(log=self.log)
         self.workdir.mkdir(parents=True, exist_ok=True)
         make_pki(self.workdir / "pki")
+        self._prepare_node()
         for attempt in range(1, attempts + 1):
             try:
                 self._start_once(timeout)
@@ -184,6 +203,34 @@ class LocalCluster:
                 self.log(f"port clash ({exc}); retrying with new ports ({attempt}/{attempts})")
                 self.stop()
         raise ClusterError(f"could not find free ports after {attempts} attempts")
+
+    def _prepare_node(self) -> None:
+        """Decides whether a real node runs, and builds what it needs (binaries, images) once."""
+        from . import node as node_
+
+        reason = "the simulated node was asked for" if self.node_mode == "kwok" else node_.unavailable_reason()
+        images = []
+        if reason is None:
+            from . import images as images_
+
+            reason = images_.node_images_available()
+            if reason is None:
+                started = time.monotonic()
+                repo = Path(__file__).resolve().parents[3]
+                runner = images_.runner_image(repo, log=self.log)
+                pause = images_.pause_image(log=self.log)
+                busybox = images_.busybox_image(log=self.log)
+                images = [runner, pause, busybox]
+                self.runner_image = runner.name
+                self.log(f"node images ready in {time.monotonic() - started:.1f}s: "
+                         + ", ".join(i.name for i in images))
+        if reason is not None:
+            self.node_unavailable = reason
+            self.log(f"no real node: {reason}. Restores run on the simulated node only.")
+            return
+        self.node = node_.RealNode(self.workdir / "node", self.workdir / "pki", self.binaries, 0,
+                                   [i.archive for i in images], pause.name, log=self.log)
+        self.node.prepare(free_port)
 
     def _start_once(self, timeout: float) -> None:
         w = self.workdir
@@ -217,18 +264,20 @@ class LocalCluster:
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--token-auth-file={w / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
+            # Node: the real kubelet reads and writes only what its pods need.
+            "--authorization-mode=Node,RBAC",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             "--service-cluster-ip-range=10.96.0.0/16",
-            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,ValidatingAdmissionPolicy",
+            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,ValidatingAdmissionPolicy,NodeRestriction",
             # The node-lifecycle controller that would lift the not-ready taint is off (KWOK
             # sends no heartbeats), so new nodes are not tainted in the first place.
             "--disable-admission-plugins=TaintNodesByCondition",
             "--allow-privileged=true", "--profiling=false", "--endpoint-reconciler-type=none",
             f"--audit-policy-file={w / 'audit-policy.yaml'}", f"--audit-log-path={self.audit_log}",
             "--audit-log-maxsize=100",
+            *(self.node.apiserver_flags() if self.node else []),
         ], w / "logs" / "kube-apiserver.log")
 
         self._launch(etcd)
@@ -259,7 +308,15 @@ class LocalCluster:
         for comp in (controller_manager, scheduler, kwok):
             self._launch(comp)
         self._create_node()
-        self._wait_node_ready(timeout)
+        self._wait_node_ready(NODE_NAME, timeout)
+        if self.node is not None:
+            self.node.api_port = api_port
+            started = time.monotonic()
+            self.node.start(timeout)
+            from .node import NODE_NAME as REAL_NODE
+
+            self._wait_node_ready(REAL_NODE, timeout)
+            self.log(f"real node {REAL_NODE} Ready in {time.monotonic() - started:.1f}s")
         self._write_state()
 
     def _launch(self, comp: Component) -> None:
@@ -324,7 +381,7 @@ class LocalCluster:
                 "labels": {"type": "kwok", "kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux",
                            "kubernetes.io/arch": "amd64"},
             },
-            "spec": {},
+            "spec": {"taints": [SIMULATED_TAINT]} if self.node is not None else {},
             "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
                        "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000"}},
         }
@@ -334,12 +391,20 @@ class LocalCluster:
             if exc.code != 409:
                 raise
 
-    def _wait_node_ready(self, timeout: float) -> None:
+    def _wait_node_ready(self, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for comp in self.components:
                 self._check_alive(comp)
-            node = self.api("GET", f"/api/v1/nodes/{NODE_NAME}")
+            if self.node is not None and name != NODE_NAME:
+                self.node.check_alive()
+            try:
+                node = self.api("GET", f"/api/v1/nodes/{name}")
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    raise
+                time.sleep(0.2)
+                continue
             conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
             if conds.get("Ready") == "True":
                 # Pods need the default ServiceAccount, which the controller manager creates.
@@ -347,12 +412,14 @@ class LocalCluster:
                     self.api("GET", "/api/v1/namespaces/default/serviceaccounts/default")
                     return
             time.sleep(0.2)
-        raise ClusterError(f"node {NODE_NAME} did not become Ready within {timeout:.0f}s (see {self.workdir}/logs)")
+        raise ClusterError(f"node {name} did not become Ready within {timeout:.0f}s (see {self.workdir}/logs)")
 
     def _write_state(self) -> None:
         state = {
             "server": self.server, "kubeconfig": str(self.kubeconfig), "launcher": os.getpid(),
             "pids": {c.name: c.proc.pid for c in self.components if c.proc},
+            "realNode": self.node is not None, "nodeUnavailable": self.node_unavailable,
+            "runnerImage": self.runner_image,
         }
         (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
 
@@ -360,6 +427,8 @@ class LocalCluster:
 
     def stop(self, grace: float = 10.0) -> None:
         """Stops every process this launcher started, in reverse order, and waits for each."""
+        if self.node is not None:
+            self.node.stop()
         for comp in reversed(self.components):
             if comp.proc and comp.proc.poll() is None:
                 comp.proc.terminate()

@@ -8,6 +8,9 @@ is never mixed with a new one.
 KUBERNETES = "v1.36.3"
 ETCD = "v3.6.16"
 KWOK = "v0.8.0"
+# The real node's container runtime: containerd's release table lists 2.2+ for Kubernetes 1.36.
+# runc and the CNI plugins come from Debian's packages (hack/install-node.sh).
+CONTAINERD = "v2.3.7"
 # The S3-compatible server of the runner's tests: Versity's S3 gateway, a production server
 # with a POSIX backend. Kept in a cache folder of its own, so changing it rebuilds only it.
 VERSITYGW = "v1.8.0"
@@ -23,6 +26,7 @@ MODULES = {
             "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
             "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
             "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+            "kubelet": "k8s.io/kubernetes/cmd/kubelet",
         },
     },
     "etcd": {
@@ -34,6 +38,17 @@ MODULES = {
         "module": "sigs.k8s.io/kwok",
         "version": KWOK,
         "packages": {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
+    },
+    "containerd": {
+        "module": "github.com/containerd/containerd/v2",
+        "version": CONTAINERD,
+        "packages": {
+            "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
+            "ctr": "github.com/containerd/containerd/v2/cmd/ctr",
+            "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+        },
+        # btrfs needs cgo headers; the node uses the overlayfs snapshotter.
+        "tags": ["no_btrfs"],
     },
 }
 
@@ -49,4 +64,4 @@ TOOLS = {
 
 
 def cache_key() -> str:
-    return f"k8s-{KUBERNETES}-etcd-{ETCD}-kwok-{KWOK}"
+    return f"k8s-{KUBERNETES}-etcd-{ETCD}-kwok-{KWOK}-containerd-{CONTAINERD}"
