@@ -25,15 +25,19 @@ binaries: install ## Build the pinned control-plane binaries into the cache (onc
 	$(PY) -m daoflow_operator.localcluster build
 
 .PHONY: cluster
-cluster: install ## Start the local control plane in the background and print how to use it
+cluster: install node-deps ## Start the local control plane in the background and print how to use it
 	$(PY) -m daoflow_operator.localcluster up
 
 .PHONY: cluster-down
 cluster-down: install ## Stop the local control plane
 	$(PY) -m daoflow_operator.localcluster down
 
+.PHONY: node-deps
+node-deps: ## Install what the real node needs (runc, CNI plugins, buildah, debootstrap), if missing
+	@bash hack/install-node.sh
+
 .PHONY: run
-run: install ## Run the operator (the local control plane when KUBECONFIG is unset)
+run: install node-deps ## Run the operator (the local control plane and its real node when KUBECONFIG is unset)
 	$(PY) -m daoflow_operator.dev run
 
 .PHONY: crds
@@ -45,7 +49,7 @@ test-deps: ## Install the system packages the tests need (openssl, PostgreSQL, z
 	@bash hack/install-storage.sh
 
 .PHONY: test
-test: install test-deps ## Run the whole test suite (starts the local control plane once)
+test: install test-deps node-deps ## Run the whole test suite (starts the local control plane and its real node once)
 	$(PY) -m pytest
 
 .PHONY: bench

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cluster_helpers import Cluster, docker_engine_available
+from storage import postgres, s3  # noqa: F401 - session fixtures, shared by every test folder
 
 
 def pytest_addoption(parser):

@@ -127,15 +127,6 @@ def run_runner(plan: dict, workdir: Path, env: dict | None = None, timeout: floa
     return Run(proc.returncode, proc.stdout, proc.stderr, report_text, lines)
 
 
-def write_s3_credentials(directory: Path, access_key: str, secret: str, token: str = "") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "AWS_ACCESS_KEY_ID").write_text(access_key + "\n")
-    (directory / "AWS_SECRET_ACCESS_KEY").write_text(secret + "\n")
-    if token:
-        (directory / "AWS_SESSION_TOKEN").write_text(token)
-    return directory
-
-
 def compress(data_path: Path, fmt: str, out: Path) -> Path:
     """Wrap a plain tar file in the artifact format (streaming, bounded memory)."""
     with open(data_path, "rb") as src, open(out, "wb") as dst:

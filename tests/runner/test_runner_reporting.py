@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from runner_testlib import RUNNER, plan_for, run_runner, snapshot, write_s3_credentials
+from runner_testlib import RUNNER, plan_for, run_runner, snapshot
+from storage import write_s3_credentials
 
 SUCCESS_KEYS = {"bytes", "files", "sha256", "verified", "durationSeconds"}
 FAILURE_KEYS = SUCCESS_KEYS | {"reason", "message"}
