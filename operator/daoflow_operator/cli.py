@@ -4,8 +4,8 @@
     daoflow backup restore --backup-run-id NAME --dry-run [--json]
     daoflow backup restore --backup-run-id NAME --yes [--wait]
 
-A dry run reads the BackupRun and its destination and prints the plan computed by
-the same function the operator uses; it writes nothing. A real restore creates a
+A dry run reads the BackupRun, its destination and the target claim and prints the
+plan computed by the same function the operator uses; it writes nothing. A real restore creates a
 BackupRestore, and the operator does the rest.
 """
 
@@ -97,6 +97,28 @@ def _custom(client, namespace: str, plural: str, name: str, kind: str) -> dict:
         raise
 
 
+def _claim(client, namespace: str, name: str) -> dict | planning.Unreadable | None:
+    """The target PersistentVolumeClaim's metadata and status; None if it does not exist.
+
+    Without access to it (403) the check says `unknown` instead of failing the preview.
+    """
+    import kubernetes
+
+    api = kubernetes.client.CoreV1Api(client)
+    try:
+        claim = _api_call(lambda: api.read_namespaced_persistent_volume_claim(name, namespace),
+                          f"PersistentVolumeClaim {name!r} in namespace {namespace!r}")
+    except CliError as exc:
+        if exc.code == EXIT_NOT_FOUND:
+            return None
+        if exc.code == EXIT_FORBIDDEN:
+            return planning.Unreadable("not checked: your credentials cannot read it ("
+                                       + str(exc).split(": ", 1)[-1] + ")")
+        raise
+    claim = client.sanitize_for_serialization(claim)
+    return {"metadata": claim.get("metadata") or {}, "status": claim.get("status") or {}}
+
+
 def restore_spec(args) -> models.BackupRestoreSpec:
     target = None
     if args.target_pvc:
@@ -122,7 +144,9 @@ def compute_plan(client, namespace: str, spec: models.BackupRestoreSpec) -> plan
         except CliError as exc:
             if exc.code != EXIT_NOT_FOUND:
                 raise
-    return planning.plan(namespace, spec, run, destination)
+    claim_name = planning.target_claim_name(spec, run)
+    target_claim = _claim(client, namespace, claim_name) if claim_name else planning.NOT_READ
+    return planning.plan(namespace, spec, run, destination, target_claim)
 
 
 def print_plan(result: planning.PlanResult, out) -> None:

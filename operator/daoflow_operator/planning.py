@@ -27,7 +27,21 @@ ARTIFACT_SIZE_MISSING = "ArtifactSizeMissing"
 DESTINATION_NOT_FOUND = "DestinationNotFound"
 DESTINATION_INVALID = "DestinationInvalid"
 TARGET_INVALID = "TargetInvalid"
+TARGET_NOT_FOUND = "TargetNotFound"
 PLAN_DRIFTED = "PlanDrifted"
+
+PVC_LOCATION = "pvc://"
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An object that could not be read (e.g. 403 for a user without access): neither found nor missing."""
+
+    detail: str
+
+
+# What a caller passes for the target claim when it did not read it.
+NOT_READ = Unreadable("the PersistentVolumeClaim was not read")
 
 
 @dataclass(frozen=True)
@@ -73,7 +87,7 @@ def _destination_location(destination: dict, path: str) -> tuple[str | None, str
         return "persistentVolumeClaim", "", ["persistentVolumeClaim.claimName is not set"]
     sub = pvc.get("subPath") or ""
     problem = relative_path_problem(sub) if sub else None
-    location = f"pvc://{pvc['claimName']}/" + (sub.rstrip("/") + "/" if sub else "") + path
+    location = f"{PVC_LOCATION}{pvc['claimName']}/" + (sub.rstrip("/") + "/" if sub else "") + path
     return "persistentVolumeClaim", location, [f"persistentVolumeClaim.subPath {problem}"] if problem else []
 
 
@@ -94,6 +108,39 @@ def _target(spec: models.BackupRestoreSpec, run: dict) -> models.PlannedTarget:
     )
 
 
+def target_claim_name(spec: models.BackupRestoreSpec, run: dict | None) -> str | None:
+    """The PersistentVolumeClaim a volume restore writes into, so the caller knows which one to read."""
+    target = _target(spec, run or {})
+    if target.type == "volume" and target.persistent_volume_claim:
+        return target.persistent_volume_claim.claim_name or None
+    return None
+
+
+def destination_claim_name(plan: dict) -> str | None:
+    """The destination's PersistentVolumeClaim, from a plan's artifact location (`pvc://<claim>/...`)."""
+    location = (plan.get("artifact") or {}).get("location") or ""
+    if not location.startswith(PVC_LOCATION):
+        return None
+    return location[len(PVC_LOCATION):].split("/", 1)[0] or None
+
+
+def _claim_check(name: str, claim: dict | Unreadable | None) -> tuple[str, str]:
+    """(status, detail) of the target-claim check: what the claim's metadata and status say."""
+    if isinstance(claim, Unreadable):
+        return "unknown", f"PersistentVolumeClaim {name}: {claim.detail}"
+    if claim is None:
+        return "fail", f"PersistentVolumeClaim {name} does not exist"
+    if _get(claim, "metadata", "deletionTimestamp"):
+        return "fail", f"PersistentVolumeClaim {name} is being deleted"
+    phase = _get(claim, "status", "phase", default="")
+    if phase == "Bound":
+        return "ok", f"PersistentVolumeClaim {name} is Bound"
+    if phase == "Lost":
+        return "fail", f"PersistentVolumeClaim {name} is Lost: its PersistentVolume is gone"
+    return "warn", (f"PersistentVolumeClaim {name} is {phase or 'not bound'}; it must be bound when the "
+                    "restore pod is scheduled")
+
+
 def plan_hash(pinned: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(pinned, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -111,8 +158,12 @@ def execute_command(namespace: str, run_name: str, spec: models.BackupRestoreSpe
 
 
 def plan(namespace: str, spec: models.BackupRestoreSpec, run: dict | None,
-         destination: dict | None) -> PlanResult:
-    """Validate the restore's inputs and compute its plan. Pure: no I/O, no clock."""
+         destination: dict | None, target_claim: dict | Unreadable | None = NOT_READ) -> PlanResult:
+    """Validate the restore's inputs and compute its plan. Pure: no I/O, no clock.
+
+    `target_claim` is the target PersistentVolumeClaim as read (None: it does not exist;
+    `Unreadable`: it could not be read, and the check says `unknown` without blocking).
+    """
     run_name = spec.backup_run_ref.name
     pinned_run = models.PinnedBackupRun(
         name=run_name,
@@ -201,6 +252,14 @@ def plan(namespace: str, spec: models.BackupRestoreSpec, run: dict | None,
             where = (f"PersistentVolumeClaim {target.persistent_volume_claim.claim_name}"
                      if target.type == "volume" else f"the database of Secret {target.database.secret_ref.name}")
             checks.append(_check("target", "ok", f"{'in place into' if target.in_place else 'into'} {where}"))
+            if target.type == "volume":
+                # Checked here so a missing claim is refused before any Job exists, not found
+                # later by the scheduler. Not part of the hash: it is a fact of today, not of the plan.
+                claim_status, detail = _claim_check(target.persistent_volume_claim.claim_name, target_claim)
+                if claim_status == "fail":
+                    fail("targetClaim", TARGET_NOT_FOUND, detail)
+                else:
+                    checks.append(_check("targetClaim", claim_status, detail))
         checks.append({
             "FailIfNotEmpty": _check("existingData", "ok", "the restore fails if the target already holds data"),
             "Replace": _check("existingData", "warn",

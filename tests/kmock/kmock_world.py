@@ -12,6 +12,9 @@ RESTORES = "backup.daoflow.dev/v1alpha1/backuprestores"
 RUNS = "backup.daoflow.dev/v1alpha1/backupruns"
 DESTINATIONS = "backup.daoflow.dev/v1alpha1/backupdestinations"
 JOBS = "batch/v1/jobs"
+PODS = "v1/pods"
+EVENTS = "v1/events"
+CLAIMS = "v1/persistentvolumeclaims"
 SHA = "c" * 64
 
 
@@ -20,9 +23,16 @@ def declare(kmock) -> None:
     for res, kind in ((RESTORES, "BackupRestore"), (RUNS, "BackupRun"), (DESTINATIONS, "BackupDestination")):
         kmock.resources[res] = {"kind": kind, "namespaced": True, "verbs": ["get", "list", "watch", "patch", "create"],
                                 "subresources": ["status"]}
-    kmock.resources[JOBS] = {"kind": "Job", "namespaced": True, "verbs": ["get", "list", "watch", "create"]}
-    kmock.resources["v1/events"] = {"kind": "Event", "namespaced": True, "verbs": ["create"]}
-    kmock.resources["v1/pods"] = {"kind": "Pod", "namespaced": True, "verbs": ["get", "list"]}
+    kmock.resources[JOBS] = {"kind": "Job", "namespaced": True, "verbs": ["get", "list", "watch", "create", "delete"]}
+    kmock.resources[EVENTS] = {"kind": "Event", "namespaced": True, "verbs": ["create", "list"]}
+    kmock.resources[PODS] = {"kind": "Pod", "namespaced": True, "verbs": ["get", "list"]}
+    kmock.resources[CLAIMS] = {"kind": "PersistentVolumeClaim", "namespaced": True, "verbs": ["get"]}
+    kmock.objects[CLAIMS, "ns", "data"] = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data", "namespace": "ns", "uid": "uid-data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        "status": {"phase": "Bound"},
+    }
     kmock.objects[RUNS, "ns", "nightly"] = {
         "apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupRun",
         "metadata": {"name": "nightly", "namespace": "ns", "uid": "uid-run", "resourceVersion": "3"},

@@ -37,3 +37,40 @@ def restore(name="r1", dry_run=False, **spec) -> dict:
         "metadata": {"name": name, "namespace": "ns", "uid": "restore-uid", "generation": 1, "resourceVersion": "7"},
         "spec": {"backupRunRef": {"name": "db-nightly"}, "dryRun": dry_run, **spec},
     }
+
+
+def claim(name="data", phase="Bound", deleting=False) -> dict:
+    """A PersistentVolumeClaim as the operator keeps it: metadata and status only."""
+    meta = {"name": name, "namespace": "ns", "uid": f"{name}-uid"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-27T11:00:00Z"
+    return {"metadata": meta, "status": {"phase": phase} if phase else {}}
+
+
+def pod(name="r1-restore-x7k2p", phase="Pending", waiting=None, waiting_message="", running=False,
+        terminated=None, scheduled=True, unschedulable="", since="2026-11-27T12:00:00Z",
+        image="ghcr.io/daoflow-dev/daoflow-operator:test") -> dict:
+    """A restore Job's pod. `waiting`: the runner's waiting reason; `terminated`: its terminated state;
+    `scheduled`: True, or False with `unschedulable` as the scheduler's message since `since`."""
+    state = {}
+    if running:
+        state = {"running": {"startedAt": since}}
+    elif terminated is not None:
+        state = {"terminated": terminated}
+    elif waiting:
+        state = {"waiting": {"reason": waiting, **({"message": waiting_message} if waiting_message else {})}}
+    conditions = [{"type": "PodScheduled", "status": "True", "lastTransitionTime": since}] if scheduled else [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable,
+         "lastTransitionTime": since}]
+    status = {"phase": phase, "conditions": conditions}
+    if scheduled:
+        status["containerStatuses"] = [{"name": "runner", "image": image, "ready": running, "state": state}]
+    return {"metadata": {"name": name, "namespace": "ns", "uid": f"{name}-uid", "creationTimestamp": since},
+            "spec": {"containers": [{"name": "runner", "image": image}]},
+            "status": status}
+
+
+def event(reason="FailedMount", message="", type_="Warning", pod_name="r1-restore-x7k2p") -> dict:
+    return {"metadata": {"name": f"{pod_name}.1", "namespace": "ns"}, "type": type_, "reason": reason,
+            "message": message, "involvedObject": {"kind": "Pod", "name": pod_name, "uid": f"{pod_name}-uid"},
+            "lastTimestamp": "2026-11-27T12:00:05Z"}

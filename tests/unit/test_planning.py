@@ -4,7 +4,7 @@ from daoflow_operator import planning
 from daoflow_operator.paths import relative_path_problem
 from daoflow_operator.api import models
 
-from objects import pvc_destination, run, s3_destination
+from objects import claim, pvc_destination, run, s3_destination
 
 
 def spec(**kw):
@@ -12,7 +12,7 @@ def spec(**kw):
 
 
 def test_a_succeeded_run_gives_a_ready_plan_with_every_step():
-    result = planning.plan("ns", spec(), run(), s3_destination())
+    result = planning.plan("ns", spec(), run(), s3_destination(), claim())
     assert result.verdict.outcome == "ready"
     p = result.plan
     assert p.is_ready
@@ -89,3 +89,68 @@ def test_an_expected_hash_that_no_longer_matches_is_plan_drift():
 ])
 def test_artifact_path_problems(path, problem):
     assert relative_path_problem(path) == problem
+
+
+def checks(result) -> dict:
+    return {c.name: c for c in result.plan.preflight_checks}
+
+
+def test_the_target_claim_is_checked_and_a_bound_one_passes():
+    result = planning.plan("ns", spec(), run(), s3_destination(), claim("data"))
+    check = checks(result)["targetClaim"]
+    assert (check.status, check.detail) == ("ok", "PersistentVolumeClaim data is Bound")
+    assert result.verdict.outcome == "ready" and result.plan.is_ready
+
+
+@pytest.mark.parametrize("the_claim, detail", [
+    (None, "PersistentVolumeClaim data does not exist"),
+    (claim(deleting=True), "PersistentVolumeClaim data is being deleted"),
+    (claim(phase="Lost"), "PersistentVolumeClaim data is Lost: its PersistentVolume is gone"),
+])
+def test_a_missing_target_claim_rejects_the_restore(the_claim, detail):
+    result = planning.plan("ns", spec(), run(), s3_destination(), the_claim)
+    assert (result.verdict.outcome, result.verdict.reason, result.verdict.message) == \
+        ("reject", planning.TARGET_NOT_FOUND, detail)
+    assert (checks(result)["targetClaim"].status, checks(result)["targetClaim"].detail) == ("fail", detail)
+    assert not result.plan.is_ready and result.plan.steps == []
+
+
+def test_an_explicit_target_claim_is_the_one_checked():
+    s = spec(target={"persistentVolumeClaim": {"claimName": "scratch"}})
+    assert planning.target_claim_name(s, run()) == "scratch"
+    result = planning.plan("ns", s, run(), s3_destination(), None)
+    assert result.verdict.message == "PersistentVolumeClaim scratch does not exist"
+
+
+def test_an_unbound_target_claim_is_a_warning():
+    result = planning.plan("ns", spec(), run(), s3_destination(), claim(phase="Pending"))
+    assert checks(result)["targetClaim"].status == "warn"
+    assert result.verdict.outcome == "ready"
+
+
+def test_an_unreadable_target_claim_is_unknown_and_does_not_block():
+    result = planning.plan("ns", spec(), run(), s3_destination(), planning.Unreadable("cannot be read: forbidden"))
+    check = checks(result)["targetClaim"]
+    assert (check.status, check.detail) == ("unknown", "PersistentVolumeClaim data: cannot be read: forbidden")
+    assert result.verdict.outcome == "ready" and result.plan.is_ready
+    # Not read at all is unknown too, never silently ok.
+    assert checks(planning.plan("ns", spec(), run(), s3_destination()))["targetClaim"].status == "unknown"
+
+
+def test_the_claim_is_not_part_of_the_plan_hash():
+    a = planning.plan("ns", spec(), run(), s3_destination(), claim()).plan.plan_hash
+    b = planning.plan("ns", spec(), run(), s3_destination(), claim(phase="Pending")).plan.plan_hash
+    assert a == b
+
+
+def test_a_database_target_has_no_claim_check():
+    s = spec()
+    the_run = run(fmt="postgres-custom", source_type="postgres")
+    assert planning.target_claim_name(s, the_run) is None
+    assert "targetClaim" not in checks(planning.plan("ns", s, the_run, s3_destination(), None))
+
+
+def test_the_destination_claim_is_read_from_the_plan():
+    plan = planning.plan("ns", spec(), run(destination="vol"), pvc_destination(), claim()).plan.dump()
+    assert planning.destination_claim_name(plan) == "backups"
+    assert planning.destination_claim_name(planning.plan("ns", spec(), run(), s3_destination()).plan.dump()) is None

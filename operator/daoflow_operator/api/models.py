@@ -203,7 +203,7 @@ class Condition(Model):
 
 class PreflightCheck(Model):
     name: str
-    status: Literal["ok", "warn", "fail"]
+    status: Literal["ok", "warn", "fail", "unknown"]
     detail: str
 
 
