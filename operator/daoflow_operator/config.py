@@ -19,12 +19,25 @@ def _json_map(name: str) -> dict[str, str]:
     return value
 
 
+def _json_list_of_objects(name: str) -> list[dict]:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return []
+    value = json.loads(raw)
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ValueError(f"{name} must be a JSON list of objects")
+    return value
+
+
 @dataclass(frozen=True)
 class Config:
     # The one image of the operator and the runner.
     runner_image: str = f"ghcr.io/daoflow-dev/daoflow-operator:{__version__}"
     # Extra annotations for restore pods, e.g. to opt out of a service mesh sidecar.
     job_pod_annotations: dict[str, str] = field(default_factory=dict)
+    # Where restore pods may run: tolerations and a nodeSelector for their pod spec (omitted when empty).
+    job_pod_tolerations: list[dict] = field(default_factory=list)
+    job_node_selector: dict[str, str] = field(default_factory=dict)
     runner_max_members: int = 1_000_000
     runner_max_bytes: int = 1 << 40
     runner_cpu_request: str = "100m"
@@ -33,6 +46,10 @@ class Config:
     # Retry delays while waiting for a BackupRun, in seconds: doubling from min to max.
     wait_backoff_min: float = 5.0
     wait_backoff_max: float = 300.0
+    # A restore pod the scheduler cannot place fails the restore (Unschedulable) after this long.
+    unschedulable_timeout_seconds: float = 300.0
+    # While a restore pod has not started, its Job and pod are looked at again this often.
+    pod_start_poll_seconds: float = 5.0
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -41,6 +58,8 @@ class Config:
         return cls(
             runner_image=env("DAOFLOW_RUNNER_IMAGE", defaults.runner_image),
             job_pod_annotations=_json_map("DAOFLOW_JOB_POD_ANNOTATIONS"),
+            job_pod_tolerations=_json_list_of_objects("DAOFLOW_JOB_POD_TOLERATIONS"),
+            job_node_selector=_json_map("DAOFLOW_JOB_NODE_SELECTOR"),
             runner_max_members=int(env("DAOFLOW_RUNNER_MAX_MEMBERS", defaults.runner_max_members)),
             runner_max_bytes=int(env("DAOFLOW_RUNNER_MAX_BYTES", defaults.runner_max_bytes)),
             runner_cpu_request=env("DAOFLOW_RUNNER_CPU_REQUEST", defaults.runner_cpu_request),
@@ -48,4 +67,7 @@ class Config:
             runner_memory_limit=env("DAOFLOW_RUNNER_MEMORY_LIMIT", defaults.runner_memory_limit),
             wait_backoff_min=float(env("DAOFLOW_WAIT_BACKOFF_MIN_SECONDS", defaults.wait_backoff_min)),
             wait_backoff_max=float(env("DAOFLOW_WAIT_BACKOFF_MAX_SECONDS", defaults.wait_backoff_max)),
+            unschedulable_timeout_seconds=float(env("DAOFLOW_UNSCHEDULABLE_TIMEOUT_SECONDS",
+                                                    defaults.unschedulable_timeout_seconds)),
+            pod_start_poll_seconds=float(env("DAOFLOW_POD_START_POLL_SECONDS", defaults.pod_start_poll_seconds)),
         )

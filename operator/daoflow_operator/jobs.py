@@ -164,6 +164,22 @@ def build_job(restore: dict, plan: dict, destination: dict, config: Config) -> d
         },
         "volumeMounts": mounts,
     }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": RUNNER_UID, "runAsGroup": RUNNER_UID,
+            "fsGroup": RUNNER_UID, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    # Placement, only when configured: without it the Job is exactly what it always was.
+    if config.job_node_selector:
+        pod_spec["nodeSelector"] = dict(config.job_node_selector)
+    if config.job_pod_tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in config.job_pod_tolerations]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -183,17 +199,7 @@ def build_job(restore: dict, plan: dict, destination: dict, config: Config) -> d
             "activeDeadlineSeconds": spec.active_deadline_seconds,
             "template": {
                 "metadata": {"labels": labels, "annotations": annotations},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True, "runAsUser": RUNNER_UID, "runAsGroup": RUNNER_UID,
-                        "fsGroup": RUNNER_UID, "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": volumes,
-                },
+                "spec": pod_spec,
             },
         },
     }

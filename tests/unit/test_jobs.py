@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from daoflow_operator import jobs, planning
 from daoflow_operator.api import models
 from daoflow_operator.config import Config
@@ -77,3 +79,32 @@ def test_scratch_space_holds_a_database_dump():
     assert int(tmp["sizeLimit"]) > 10 << 30
     pod = build(s3_destination())["spec"]["template"]["spec"]
     assert next(v for v in pod["volumes"] if v["name"] == "tmp")["emptyDir"] == {"sizeLimit": "1Gi"}
+
+
+def test_restore_pods_have_no_placement_unless_configured():
+    pod = build(s3_destination())["spec"]["template"]["spec"]
+    assert "tolerations" not in pod and "nodeSelector" not in pod
+
+
+def test_configured_tolerations_and_node_selector_go_into_the_pod_spec():
+    r = restore()
+    plan = planning.plan("ns", models.BackupRestoreSpec.model_validate(r["spec"]), run(), s3_destination()).plan
+    toleration = {"key": "daoflow.dev/simulated", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+    config = Config(job_pod_tolerations=[toleration], job_node_selector={"kubernetes.io/os": "linux"})
+    pod = jobs.build_job(r, plan.dump(), s3_destination(), config)["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [toleration]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+
+
+def test_placement_and_timeouts_are_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DAOFLOW_JOB_POD_TOLERATIONS", '[{"key": "daoflow.dev/simulated", "operator": "Exists"}]')
+    monkeypatch.setenv("DAOFLOW_JOB_NODE_SELECTOR", '{"node-role": "restore"}')
+    monkeypatch.setenv("DAOFLOW_UNSCHEDULABLE_TIMEOUT_SECONDS", "30")
+    config = Config.from_env()
+    assert config.job_pod_tolerations == [{"key": "daoflow.dev/simulated", "operator": "Exists"}]
+    assert config.job_node_selector == {"node-role": "restore"}
+    assert config.unschedulable_timeout_seconds == 30.0
+    assert Config().unschedulable_timeout_seconds == 300.0 and Config().job_pod_tolerations == []
+    monkeypatch.setenv("DAOFLOW_JOB_POD_TOLERATIONS", '{"key": "x"}')
+    with pytest.raises(ValueError, match="JSON list of objects"):
+        Config.from_env()
