@@ -4,11 +4,13 @@ kopf watches BackupRestores, their Jobs and BackupRuns, and each event only puts
 affected restore's key on a work queue. One reconcile per key at a time then reads
 the world, asks `status.decide()` what follows, and writes it:
 
-    event -> queue -> reconcile: read restore, BackupRun, destination, Job, report
+    event -> queue -> reconcile: read restore, BackupRun, destination, target claim,
+                                 or the Job and (until its runner runs, or once it ended) its pods
                                  -> planning.plan / status.decide (pure)
                                  -> create the Job (AlreadyExists = adopt)
                                  -> patch status, only if it changed
                                  -> post the events of the transition
+                                 -> delete the Job whose pod cannot start
 
 Handlers are event handlers, not kopf's create/update handlers, so kopf itself writes
 nothing to the objects: no progress annotations, no last-handled state. All state
@@ -25,7 +27,7 @@ from typing import Awaitable, Callable
 
 import kopf
 
-from . import jobs, status as status_
+from . import jobs, planning, pods, status as status_
 from .api import models
 from .config import Config
 from .kube import Conflict, Kube, api_client_from_env
@@ -42,7 +44,16 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     On Conflict (the restore changed since it was read) the caller runs it again.
     """
     restore = kube.get_restore(namespace, name)
-    if restore is None or status_.is_final(restore.get("status")):
+    if restore is None:
+        return None
+    if status_.is_final(restore.get("status")):
+        # A Job whose pod could not start is deleted right after the final status is written;
+        # should the operator have died in between, this pass (an event of that Job, or a
+        # restart) finishes it. Any other final restore costs no request at all.
+        if (lingering := status_.job_to_delete(restore.get("status"))) is not None:
+            job = kube.get_job(namespace, lingering)
+            if job is not None and _owned(job, restore):
+                kube.delete_job(namespace, lingering, job["metadata"]["uid"])
         return None
     current = restore.get("status") or {}
     observed = status_.Observation()
@@ -53,19 +64,30 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
         dest_name = ((observed.run or {}).get("spec") or {}).get("destinationRef", {}).get("name")
         if dest_name:
             destination = observed.destination = kube.get_destination(namespace, dest_name)
+        claim = planning.target_claim_name(spec, observed.run)
+        if claim and observed.run is not None:
+            observed.target_claim = kube.get_claim(namespace, claim)
     else:
         job = kube.get_job(namespace, current["jobRef"]["name"])
-        owned = job is not None and any(ref.get("uid") == restore["metadata"]["uid"]
-                                        for ref in job["metadata"].get("ownerReferences") or [])
-        ended = owned and status_.job_outcome(job) in ("complete", "failed")
+        owned = job is not None and _owned(job, restore)
+        ended = owned and status_.job_ended(job) is not None
         if not owned or (job["metadata"].get("deletionTimestamp") and not ended):
             observed.job_missing = True
         else:
             observed.job = job
-            if ended:
-                observed.report = kube.runner_report(namespace, job)
+            running = (status_.get_condition(current, status_.STARTED) or {}).get("reason") == status_.JOB_RUNNING
+            # The pods are read until the runner is seen running (to tell Queued from Running and
+            # to catch a pod that cannot start) and once the Job ended (for the runner's report);
+            # not while it runs.
+            if ended or not (running or (job.get("status") or {}).get("ready")):
+                observed.pods = kube.job_pods(namespace, job)
+                if ended:
+                    observed.report = pods.termination_message(observed.pods)
+                elif (pod_uid := pods.events_needed(observed.pods)) is not None:
+                    observed.pod_events = kube.pod_events(namespace, pod_uid)
 
-    decision = status_.decide(restore, observed, now())
+    decision = status_.decide(restore, observed, now(), unschedulable_timeout=config.unschedulable_timeout_seconds,
+                              poll_interval=config.pod_start_poll_seconds)
     if decision.create_job:
         kube.create_job(jobs.build_job(restore, decision.status["plan"], destination, config))
     if status_.changed(current, decision.status):
@@ -77,7 +99,14 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
                      decision.status.get("phase"), ready.get("reason"), ready.get("message"))
     for event in decision.events:
         kube.post_event(restore, event.type, event.reason, event.message)
+    if decision.delete_job:
+        # After the status: a crash before this line leaves a final record, and the pass above deletes.
+        kube.delete_job(namespace, observed.job["metadata"]["name"], observed.job["metadata"]["uid"])
     return decision
+
+
+def _owned(job: dict, restore: dict) -> bool:
+    return any(ref.get("uid") == restore["metadata"]["uid"] for ref in job["metadata"].get("ownerReferences") or [])
 
 
 @dataclass
@@ -166,7 +195,7 @@ class Operator:
             if decision is not None and decision.wait is not None:
                 return self.wait_delay(key)
             self.waits.pop(key, None)
-            return None
+            return decision.requeue_after if decision is not None else None
         return 1.0
 
 

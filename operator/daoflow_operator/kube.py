@@ -5,6 +5,7 @@
 - 409 is not retried here: a conflict means the object changed under us, so the
   caller reads it again and decides anew (see handlers.reconcile).
 - Secrets are never read: the runner mounts them; the operator only names them.
+- Of a PersistentVolumeClaim, only its metadata and status are kept.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Callable, TypeVar
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from . import planning
 from .api import models
 
 log = logging.getLogger(__name__)
@@ -112,18 +114,58 @@ class Kube:
             log.info("Job %s/%s already exists and is ours: adopted", ns, name)
             return existing
 
-    def runner_report(self, namespace: str, job: dict) -> str | None:
-        """The termination message of the Job's runner container, if its pod has ended."""
+    def get_claim(self, namespace: str, name: str) -> dict | planning.Unreadable | None:
+        """A PersistentVolumeClaim's metadata and status; None when it does not exist.
+
+        A 403 (RBAC without `get` on persistentvolumeclaims) makes it Unreadable rather than an
+        error: the preflight check then says `unknown`, and the pod itself will tell.
+        """
+        try:
+            claim = self._get_or_none(lambda: self.core.read_namespaced_persistent_volume_claim(name, namespace),
+                                      f"get persistentvolumeclaim {namespace}/{name}")
+        except ApiException as exc:
+            if exc.status == 403:
+                return planning.Unreadable(f"cannot be read: forbidden ({exc.reason})")
+            raise
+        if claim is None:
+            return None
+        claim = self.client.sanitize_for_serialization(claim)
+        return {"metadata": claim.get("metadata") or {}, "status": claim.get("status") or {}}
+
+    def job_pods(self, namespace: str, job: dict) -> list[dict]:
+        """The Job's pods, as dicts (their status tells whether the runner started, and its report)."""
         uid = job["metadata"]["uid"]
         pods = self._retry(
             lambda: self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/controller-uid={uid}"),
             f"list pods of job {namespace}/{job['metadata']['name']}")
-        for pod in sorted(pods.items, key=lambda p: p.metadata.creation_timestamp, reverse=True):
-            for cs in pod.status.container_statuses or []:
-                term = cs.state.terminated if cs.state else None
-                if cs.name == "runner" and term is not None and term.message:
-                    return term.message
-        return None
+        return [self.client.sanitize_for_serialization(p) for p in pods.items]
+
+    def pod_events(self, namespace: str, pod_uid: str) -> list[dict]:
+        """The events about one pod (the kubelet reports mount failures only there)."""
+        events = self._retry(
+            lambda: self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.uid={pod_uid}"),
+            f"list events of pod {namespace}/{pod_uid}")
+        return [self.client.sanitize_for_serialization(e) for e in events.items]
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+        """Deletes the Job and, in the background, its pods. Idempotent: a Job already gone is fine.
+
+        The uid precondition makes sure only the Job that was observed is deleted, never a namesake.
+        """
+        body = kubernetes.client.V1DeleteOptions(propagation_policy="Background",
+                                                 preconditions=kubernetes.client.V1Preconditions(uid=uid))
+        try:
+            self._retry(lambda: self.batch.delete_namespaced_job(name, namespace, body=body),
+                        f"delete job {namespace}/{name}")
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        except Conflict:
+            log.info("Job %s/%s is not the one observed (uid %s); not deleting it", namespace, name, uid)
+            return False
+        log.info("deleted Job %s/%s: its pod cannot start", namespace, name)
+        return True
 
     def patch_status(self, namespace: str, name: str, patch: dict, resource_version: str) -> dict:
         """A merge patch of the status, conditional on the resourceVersion that was read."""

@@ -1,9 +1,10 @@
 """Status transitions, as pure functions: what was observed in, the next status out.
 
 Queue, Execute, Verify and Record are decided here. `decide()` takes the restore's
-current status and what the shell observed (the BackupRun, its destination, the
-Job and the runner's report) and returns the next status, the Job to create if any,
-and the events to post. It never reads a clock or the network: `now` is passed in.
+current status and what the shell observed (the BackupRun, its destination, the target
+claim, the Job, its pods and their events, and the runner's report) and returns the next
+status, the Job to create or delete if any, and the events to post. It never reads a clock
+or the network: `now` is passed in.
 
 Rules that hold by construction:
 - A condition's lastTransitionTime changes only when its status changes.
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import planning
+from . import planning, pods as pods_
 from .api import models
 
 AUDIT_LIMIT = 64
@@ -53,6 +54,11 @@ class Observation:
     job: dict | None = None
     job_missing: bool = False  # True when the Job named in status.jobRef was looked up and is gone
     report: str | None = None  # the runner's termination message, when its pod has ended
+    # The target PersistentVolumeClaim (metadata and status), read before the Job exists: None when it
+    # does not exist, planning.Unreadable when it could not be read or was not read.
+    target_claim: dict | planning.Unreadable | None = planning.NOT_READ
+    pods: list[dict] | None = None  # the Job's pods, read while its runner has not started (None: not read)
+    pod_events: list[dict] = field(default_factory=list)  # events about the newest pod, when they may tell more
 
 
 @dataclass
@@ -68,6 +74,8 @@ class Decision:
     create_job: bool = False
     events: list[Event] = field(default_factory=list)
     wait: planning.Verdict | None = None  # set while waiting for the BackupRun: retry with backoff
+    delete_job: bool = False  # the Job's pod cannot start: delete the Job (after the status is written)
+    requeue_after: float | None = None  # the pod has not started: look again after this many seconds
 
 
 def fmt_time(now: datetime) -> str:
@@ -160,16 +168,41 @@ def _job_condition(job: dict, ctype: str) -> dict | None:
                  if c.get("type") == ctype and c.get("status") == "True"), None)
 
 
-def job_outcome(job: dict) -> str:
-    """'complete', 'failed', 'running' or 'queued' from a Job's status conditions and counters."""
+def job_ended(job: dict) -> str | None:
+    """'complete' or 'failed' once the Job has ended, from its conditions; else None."""
     if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
         return "complete"
     if _job_condition(job, "Failed") or _job_condition(job, "FailureTarget"):
         return "failed"
-    status = job.get("status") or {}
-    if status.get("ready") or (status.get("active") and status.get("startTime")):
+    return None
+
+
+def job_outcome(job: dict, pods: list[dict] | None = None) -> str:
+    """'complete', 'failed', 'running' or 'queued'.
+
+    Running means the runner really runs: the Job counts a ready pod, or a pod's runner container
+    is (or was) running. An active Job whose pod is still Pending is only queued.
+    """
+    ended = job_ended(job)
+    if ended:
+        return ended
+    if (job.get("status") or {}).get("ready") or any(pods_.has_started(p) for p in pods or []):
         return "running"
     return "queued"
+
+
+def job_to_delete(status: dict | None) -> str | None:
+    """The Job of a final restore that failed because its pod could not start, which must not linger.
+
+    The shell deletes such a Job right after writing the final status; if it crashed in between,
+    a later pass over the final restore (any event of its Job, or a restart) deletes it then.
+    """
+    status = status or {}
+    if not is_final(status) or not status.get("jobRef"):
+        return None
+    if (get_condition(status, SUCCEEDED) or {}).get("reason") not in pods_.START_FAILURES:
+        return None
+    return status["jobRef"]["name"]
 
 
 FOLLOW_UP = {
@@ -178,8 +211,13 @@ FOLLOW_UP = {
 }
 
 
-def decide(restore: dict, observed: Observation, now: datetime) -> Decision:
-    """The next status of a BackupRestore, given what was observed. Pure."""
+def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable_timeout: float = 300.0,
+           poll_interval: float = 5.0) -> Decision:
+    """The next status of a BackupRestore, given what was observed. Pure.
+
+    `unschedulable_timeout`: how long a pod may stay unschedulable before the restore fails;
+    `poll_interval`: how soon to look again at a Job whose pod has not started.
+    """
     old = restore.get("status") or {}
     if is_final(old):
         return Decision(status=old)
@@ -199,7 +237,7 @@ def decide(restore: dict, observed: Observation, now: datetime) -> Decision:
     by = f" requested by {status['requestedBy']}" if status.get("requestedBy") else ""
 
     if not status.get("jobRef"):
-        result = planning.plan(namespace, spec, observed.run, observed.destination)
+        result = planning.plan(namespace, spec, observed.run, observed.destination, observed.target_claim)
         verdict = result.verdict
         status["plan"] = result.plan.dump()
         if verdict.outcome == "wait":
@@ -234,7 +272,8 @@ def decide(restore: dict, observed: Observation, now: datetime) -> Decision:
             name = job_name(restore["metadata"]["name"])
             set_condition(status, VALIDATED, "True", "Validated", verdict.message, generation, now)
             set_condition(status, STARTED, "True", JOB_CREATED, f"Job {name} created", generation, now)
-            set_condition(status, READY, "False", "Queued", f"restore queued as Job {name}", generation, now)
+            set_condition(status, READY, "False", "Queued", f"Job {name} created; waiting for its pod to start",
+                          generation, now)
             status["jobRef"] = {"name": name}
             status["startTime"] = fmt_time(now)
             audit(status, now, "validate", "ok", verdict.message)
@@ -254,7 +293,14 @@ def decide(restore: dict, observed: Observation, now: datetime) -> Decision:
     elif job is None:
         return decision  # not observed this time; nothing to conclude
     else:
-        outcome = job_outcome(job)
+        outcome = job_outcome(job, observed.pods)
+    running = (get_condition(status, STARTED) or {}).get("reason") == JOB_RUNNING
+    start = None
+    if outcome == "queued" and not running and observed.pods is not None:
+        start = pods_.start(observed.pods, observed.pod_events, status.get("plan") or {}, now,
+                            unschedulable_timeout)
+        if start.state == "failed":
+            outcome = "cannot-start"
 
     if outcome == "deleted":
         message = f"Job {job_name_} was deleted before it finished; the restore is not retried"
@@ -263,7 +309,25 @@ def decide(restore: dict, observed: Observation, now: datetime) -> Decision:
         audit(status, now, "execute", "failed", message)
         events.append(Event("Warning", JOB_DELETED, message))
         finish()
-    elif outcome == "running" and (get_condition(status, STARTED) or {}).get("reason") != JOB_RUNNING:
+    elif outcome == "cannot-start":
+        reason = start.reason
+        message = f"Job {job_name_} cannot run: {start.message}"
+        set_condition(status, SUCCEEDED, "False", reason, message, generation, now)
+        set_condition(status, READY, "False", reason, message, generation, now)
+        audit(status, now, "execute", "failed", message)
+        audit(status, now, "record", "failed", f"the restore failed and is not retried; Job {job_name_} is "
+                                               "deleted; the BackupRun was not changed")
+        events.append(Event("Warning", reason, message))
+        finish()
+        decision.delete_job = True
+    elif outcome == "queued" and not running:
+        # Honest: the Job exists, but its runner does not run yet. Say why, and look again soon,
+        # since a pod that waits (or an unschedulable timeout that runs out) sends no Job event.
+        waiting = start.message if start else "waiting for its pod to start"
+        set_condition(status, READY, "False", "Queued", f"Job {job_name_} created; {waiting}", generation, now)
+        delays = [poll_interval] + ([start.recheck_after] if start and start.recheck_after else [])
+        decision.requeue_after = min(delays)
+    elif outcome == "running" and not running:
         set_condition(status, STARTED, "True", JOB_RUNNING, f"Job {job_name_} is running", generation, now)
         set_condition(status, READY, "False", "Running", "fetching, verifying and restoring the artifact; "
                       f"progress: kubectl logs -n {namespace} job/{job_name_}", generation, now)
