@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from daoflow_operator import planning, pods, status
+from daoflow_operator import pods, status
 from daoflow_operator.status import Observation, decide
 
 from objects import claim, event, pod, pvc_destination, restore, run, s3_destination
