@@ -54,6 +54,31 @@ class Cluster:
     def existing(cls, kubeconfig: Path) -> "Cluster":
         return cls(kubeconfig=kubeconfig)
 
+    # -- the real node ---------------------------------------------------------------------
+
+    @property
+    def real_node(self) -> bool:
+        """True when the local control plane runs a real node (kubelet, containerd, runc)."""
+        return self.local is not None and self.local.real_node
+
+    @property
+    def runner_image(self) -> str:
+        """The image built from the project's Dockerfile, present on the real node."""
+        return self.local.runner_image if self.real_node else "daoflow-operator:test"
+
+    def forward(self, port: int) -> str:
+        """host:port at which pods reach a service listening on the host's 127.0.0.1:port."""
+        if not self.real_node:
+            return f"127.0.0.1:{port}"
+        return self.local.node.forward(port)
+
+    def volume_dir(self, name: str) -> Path:
+        """The host folder behind a hostPath PersistentVolume: inside the cluster's own folder."""
+        base = self.local.workdir / "volumes" if self.local is not None else Path("/var/tmp/daoflow-test-volumes")
+        path = base / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     # -- identities ------------------------------------------------------------------------
 
     def user_kubeconfig(self, user: str) -> Path:

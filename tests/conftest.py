@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cluster_helpers import Cluster, docker_engine_available
+from host_state import differences, host_state
 from storage import postgres, s3  # noqa: F401 - session fixtures, shared by every test folder
 
 
@@ -53,13 +54,18 @@ def cluster(request, tmp_path_factory) -> Cluster:
             print(f"\n[localcluster] {msg}", flush=True)
 
     local = LocalCluster(tmp_path_factory.mktemp("localcluster"), log=log)
+    local.host_state_before = host_state()
     started = time.monotonic()
     local.start()
-    log(f"control plane ready in {time.monotonic() - started:.1f}s at {local.server}")
+    log(f"control plane ready in {time.monotonic() - started:.1f}s at {local.server}"
+        + (" with a real node" if local.real_node else f"; no real node ({local.node_unavailable})"))
     try:
         yield Cluster.local(local)
     finally:
         local.stop()
+        # The shared host is left as it was found: checked after every session.
+        changed = differences(local.host_state_before, host_state())
+        assert not changed, "the local cluster changed the host:\n" + "\n".join(changed)
 
 
 @pytest.fixture

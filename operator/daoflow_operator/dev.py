@@ -1,20 +1,31 @@
 """`make run`: the operator on the local control plane, or on the cluster of KUBECONFIG.
 
-With no KUBECONFIG, the local control plane is started (and built, the first time).
-Then the CRDs, the operator's RBAC, the scope ClusterRoles and the demo objects are
-applied, and the operator runs in the foreground as its own ServiceAccount, with
-exactly the RBAC that ships in manifests/.
+With no KUBECONFIG, the local control plane and its real node are started (and built,
+the first time). Then the CRDs, the operator's RBAC, the scope ClusterRoles and the demo
+objects are applied, and the operator runs in the foreground as its own ServiceAccount,
+with exactly the RBAC that ships in manifests/.
+
+On the local control plane the demo is real: its volumes live in the cluster's folder, the
+backups volume holds a real tar+zstd artifact of a small folder tree, and the BackupRun
+records that artifact's real sha256 and size. Restores then run the image built from the
+Dockerfile on the real node. Without a real node they run on the simulated node, and
+`make run` says so.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE, SERVICE_ACCOUNT = "daoflow-system", "daoflow-operator"
@@ -44,16 +55,84 @@ def kubectl(kubeconfig: str, *args: str, input: str | None = None, capture: bool
     return proc.stdout if capture else ""
 
 
-def install(kubeconfig: str, samples: bool = True) -> None:
-    """CRDs, RBAC, scopes and (optionally) the demo objects, ready to use."""
+SAMPLES = REPO / "manifests" / "samples"
+DEMO_ARTIFACT = "app-data/2026-11-27.tar.zst"  # the path in samples/status/backuprun-status.json
+RUNNER_UID = 65532
+
+
+def demo_tree() -> dict[str, bytes]:
+    """The demo application's data: a few real files, the same bytes on every run."""
+    rows = "".join(f"{i},customer-{i:04d},{(i * 7919) % 1000}.{i % 100:02d}\n" for i in range(1, 2001))
+    return {
+        "config/app.yaml": b"replicas: 2\nfeatures:\n  invoices: true\n",
+        "data/customers.csv": ("id,name,balance\n" + rows).encode(),
+        "data/uploads/logo.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>\n',
+        "data/uploads/empty.txt": b"",
+        "README.txt": "Données de démonstration: restored by daoflow-operator.\n".encode(),
+    }
+
+
+def write_demo_artifact(out: Path) -> dict:
+    """A tar+zstd artifact of demo_tree(); returns the artifact's real format, size and sha256."""
+    import zstandard
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        folders = sorted({str(Path(p).parent) for p in demo_tree()} - {"."})
+        for folder in folders:
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_764_000_000
+            tar.addfile(info)
+        for path, data in sorted(demo_tree().items()):
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1_764_000_000
+            tar.addfile(info, io.BytesIO(data))
+    data = zstandard.ZstdCompressor(level=3).compress(raw.getvalue())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    return {"format": "tar+zstd", "sizeBytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def demo_volumes(volume_root: Path) -> tuple[str, dict]:
+    """The sample manifests with their hostPath volumes moved into `volume_root`, and the real
+    artifact written into the backups volume. Returns (manifests, BackupRun status)."""
+    docs = []
+    for path in sorted(SAMPLES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "PersistentVolume":
+                folder = volume_root / doc["metadata"]["name"]
+                folder.mkdir(parents=True, exist_ok=True)
+                # hostPath volumes are not chowned by the kubelet; the runner writes as its own uid.
+                os.chown(folder, RUNNER_UID, RUNNER_UID)
+                doc["spec"]["hostPath"] = {"path": str(folder)}
+            if doc:
+                docs.append(doc)
+    status = json.loads((SAMPLES / "status" / "backuprun-status.json").read_text())
+    destination = next(d for d in docs if d["kind"] == "BackupDestination")["spec"]["persistentVolumeClaim"]
+    backups = volume_root / "daoflow-demo-backups" / destination.get("subPath", "")
+    status["status"]["artifact"].update(write_demo_artifact(backups / DEMO_ARTIFACT))
+    return yaml.safe_dump_all(docs), status
+
+
+def install(kubeconfig: str, samples: bool = True, volume_root: Path | None = None) -> None:
+    """CRDs, RBAC, scopes and (optionally) the demo objects, ready to use.
+
+    With `volume_root` (the local control plane), the demo's volumes live there and the
+    BackupRun records a real artifact; else the samples are applied as they are."""
     kubectl(kubeconfig, "apply", "-f", str(REPO / "crds"))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
             *(f"crd/{p}.backup.daoflow.dev" for p in ("backupruns", "backupdestinations", "backuprestores")))
     kubectl(kubeconfig, "apply", "-f", str(REPO / "manifests" / "rbac.yaml"), "-f", str(REPO / "manifests" / "scopes.yaml"))
     if samples:
-        kubectl(kubeconfig, "apply", "-f", str(REPO / "manifests" / "samples"))
+        if volume_root is None:
+            kubectl(kubeconfig, "apply", "-f", str(SAMPLES))
+            patch = ["--patch-file", str(SAMPLES / "status" / "backuprun-status.json")]
+        else:
+            manifests, status = demo_volumes(volume_root)
+            kubectl(kubeconfig, "apply", "-f", "-", input=manifests)
+            patch = ["-p", json.dumps(status)]
         kubectl(kubeconfig, "patch", "backuprun", "app-data-nightly", "-n", "daoflow-demo", "--subresource=status",
-                "--type=merge", "--patch-file", str(REPO / "manifests" / "samples" / "status" / "backuprun-status.json"))
+                "--type=merge", *patch)
 
 
 def serviceaccount_kubeconfig(kubeconfig: str, out: Path, duration: str = "24h") -> Path:
@@ -83,6 +162,8 @@ def token_kubeconfig(kubeconfig: str, user: str, token: str, out: Path, namespac
 
 def run() -> int:
     kubeconfig = os.environ.get("KUBECONFIG")
+    env = dict(os.environ)
+    volume_root = None
     if not kubeconfig:
         from .localcluster.__main__ import state_dir, up
 
@@ -90,12 +171,21 @@ def run() -> int:
             return 1
         kubeconfig = str(state_dir() / "kubeconfig")
         print(f"using the local control plane: export KUBECONFIG={kubeconfig}")
-    install(kubeconfig)
+        cluster_state = json.loads((state_dir() / "state.json").read_text())
+        volume_root = state_dir() / "volumes"
+        if cluster_state.get("realNode"):
+            env["DAOFLOW_RUNNER_IMAGE"] = cluster_state["runnerImage"]
+            print(f"restores run {cluster_state['runnerImage']}, built from the Dockerfile, on the real node; "
+                  f"the demo's volumes are in {volume_root}")
+        else:
+            print(f"NOTE: no real node ({cluster_state.get('nodeUnavailable')}). Restores are SIMULATED: "
+                  "KWOK's node completes their Jobs without running the runner, and nothing is restored.")
+    install(kubeconfig, volume_root=volume_root)
     state = Path(os.environ.get("DAOFLOW_CACHE_DIR") or Path.home() / ".cache" / "daoflow-operator")
     state.mkdir(parents=True, exist_ok=True)
     sa_config = serviceaccount_kubeconfig(kubeconfig, state / "operator.kubeconfig")
     print(f"running the operator as system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT} (Ctrl-C stops it)")
-    env = {**os.environ, "KUBECONFIG": str(sa_config)}
+    env["KUBECONFIG"] = str(sa_config)
     return subprocess.call([sys.executable, "-m", "daoflow_operator"], env=env)
 
 

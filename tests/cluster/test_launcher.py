@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from cluster_helpers import wait_until
+from daoflow_operator.localcluster import node
 
 pytestmark = pytest.mark.cluster
 
@@ -41,13 +42,26 @@ def test_no_control_plane_process_outlives_the_launcher(cluster, tmp_path, how):
     try:
         wait_until(ready.exists, timeout=180, what="the second control plane to start")
         assert ready.read_text() == "ok"
-        pids = json.loads((tmp_path / "state.json").read_text())["pids"]
+        state = json.loads((tmp_path / "state.json").read_text())
+        pids = state["pids"]
         assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+        if state["realNode"]:
+            assert set(state["nodePids"]) == {"unshare", "nodeinit", "containerd", "kubelet"}
+            pids = {**pids, **{f"node {k}": v for k, v in state["nodePids"].items()}}
         assert all(_alive(pid) for pid in pids.values())
         launcher.send_signal(how)
         launcher.wait(30)
         wait_until(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30,
                    what=f"every component to stop after {how.name}: {pids}")
+        if state["realNode"]:
+            # A stopped launcher removes its node's cgroups; a killed one cannot, and the next
+            # start of any node removes what a dead launcher left (shown here directly).
+            stale = node.stale_cgroup_roots()
+            if how == signal.SIGTERM:
+                assert stale == []
+            for name in stale:
+                assert node.remove_cgroup_root(name) == []
+            assert node.stale_cgroup_roots() == []
     finally:
         if launcher.poll() is None:
             launcher.kill()

@@ -4,51 +4,127 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 from cluster_helpers import Cluster, wait_until
 
 GROUP = "backup.daoflow.dev"
 SHA = hashlib.sha256(b"daoflow").hexdigest()
+RUNNER_UID = 65532
+ARTIFACT_PATH = "app-data/2026-11-27.tar.zst"
 
 
-def volume(cluster: Cluster, namespace: str, claim: str) -> None:
-    """A PersistentVolumeClaim bound to a pre-bound hostPath volume (the cluster has no provisioner)."""
+def volume(cluster: Cluster, namespace: str, claim: str) -> Path:
+    """A PersistentVolumeClaim bound to a pre-bound hostPath volume (the cluster has no provisioner).
+
+    Returns the volume's folder on the host, owned by the runner's uid as a provisioned volume
+    with fsGroup would be: hostPath volumes are not chowned by the kubelet."""
     pv = f"{namespace}-{claim}"
+    path = cluster.volume_dir(pv)
+    os.chown(path, RUNNER_UID, RUNNER_UID)
     cluster.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
                    "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                            "storageClassName": "manual", "hostPath": {"path": f"/var/tmp/{pv}"},
+                            "storageClassName": "manual", "hostPath": {"path": str(path)},
                             "claimRef": {"namespace": namespace, "name": claim}}})
     cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                    "metadata": {"name": claim, "namespace": namespace},
                    "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "manual", "volumeName": pv,
                             "resources": {"requests": {"storage": "1Gi"}}}})
+    return path
 
 
-def destination(cluster: Cluster, namespace: str, name: str = "shared") -> None:
-    volume(cluster, namespace, "backups")
+def sample_tree(root: Path) -> Path:
+    """A small tree with the parts a restore must keep: unicode names, an empty folder, a
+    symlink, a hard link, an empty file and distinct modes."""
+    (root / "données" / "日本語").mkdir(parents=True)
+    (root / "données" / "日本語" / "ファイル.txt").write_bytes(os.urandom(3000))
+    (root / "config.yaml").write_text("replicas: 3\n")
+    (root / "empty-dir").mkdir()
+    (root / "nested" / "deeper").mkdir(parents=True)
+    (root / "nested" / "deeper" / "zero-length").write_bytes(b"")
+    (root / "bin.dat").write_bytes(os.urandom(200_000))
+    os.symlink("config.yaml", root / "link-to-config")
+    os.link(root / "bin.dat", root / "hardlink-to-bin")
+    os.chmod(root / "config.yaml", 0o640)
+    os.chmod(root / "nested" / "deeper", 0o750)
+    os.chmod(root / "bin.dat", 0o755)
+    return root
+
+
+def make_artifact(tree: Path, out: Path) -> dict:
+    """A tar+zstd artifact of `tree` made by GNU tar and zstd, as a backup tool would; returns
+    the BackupRun artifact fields (path excluded)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "--zstd", "--format=posix", "-cf", str(out), "-C", str(tree), "."], check=True)
+    return {"format": "tar+zstd", "sizeBytes": out.stat().st_size,
+            "sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
+
+
+def snapshot(root: Path) -> dict:
+    """{relative path: (kind, mode, content)} of a tree, for byte-for-byte comparisons."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", None, os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), None)
+            else:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+def destination(cluster: Cluster, namespace: str, name: str = "shared") -> Path:
+    """A volume BackupDestination on claim `backups`; returns the volume's folder on the host."""
+    path = volume(cluster, namespace, "backups")
     cluster.apply({"apiVersion": f"{GROUP}/v1alpha1", "kind": "BackupDestination",
                    "metadata": {"name": name, "namespace": namespace},
                    "spec": {"persistentVolumeClaim": {"claimName": "backups"}}})
+    return path
 
 
 def backup_run(cluster: Cluster, namespace: str, name: str = "nightly", destination_name: str = "shared",
                claim: str = "app-data", status: dict | None = None) -> dict:
-    """A BackupRun of a volume, with the given status (default: Succeeded with an artifact)."""
+    """A BackupRun of a volume, with the given status.
+
+    By default it is Succeeded, with a real tar+zstd artifact of sample_tree() written into
+    the `backups` volume (destination() must have made it): its real sha256 and size."""
     volume(cluster, namespace, claim)
     cluster.apply({"apiVersion": f"{GROUP}/v1alpha1", "kind": "BackupRun",
                    "metadata": {"name": name, "namespace": namespace},
                    "spec": {"destinationRef": {"name": destination_name},
                             "source": {"type": "volume", "persistentVolumeClaim": {"claimName": claim}}}})
     if status is None:
-        status = succeeded()
+        status = succeeded_with_artifact(cluster, namespace, name)
     if status:
         set_run_status(cluster, namespace, name, status)
     return cluster.get("backuprun", name, namespace)
 
 
-def succeeded(path: str = "app-data/2026-11-27.tar.zst", sha: str = SHA) -> dict:
+def succeeded_with_artifact(cluster: Cluster, namespace: str, run: str = "nightly") -> dict:
+    """A Succeeded status whose artifact is real: sample_tree() archived into the `backups` volume."""
+    status = succeeded()
+    tree = source_tree(cluster, namespace, run)
+    if not tree.exists():
+        sample_tree(tree)
+    status["artifact"].update(make_artifact(tree, cluster.volume_dir(f"{namespace}-backups") / ARTIFACT_PATH))
+    return status
+
+
+def source_tree(cluster: Cluster, namespace: str, run: str = "nightly") -> Path:
+    """The tree that backup_run() archived into its default artifact."""
+    return cluster.volume_dir(f"{namespace}-source-{run}") / "tree"
+
+
+def succeeded(path: str = ARTIFACT_PATH, sha: str = SHA) -> dict:
     artifact = {"format": "tar+zstd", "sizeBytes": 4096, "sha256": sha}
     if path:
         artifact["path"] = path

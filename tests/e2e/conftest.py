@@ -14,6 +14,7 @@ import pytest
 
 from cluster_helpers import wait_until
 from daoflow_operator import dev
+from daoflow_operator.localcluster.cluster import SIMULATED_NODE_SELECTOR, SIMULATED_TOLERATION
 
 
 @pytest.fixture(scope="session")
@@ -47,18 +48,25 @@ def operator_kubeconfig(installed, tmp_path_factory) -> Path:
                                          tmp_path_factory.mktemp("operator") / "kubeconfig", duration="4h")
 
 
+# Restore pods of a simulated operator land on KWOK's node, whose stages inject failures and
+# long runs on demand; all other restore pods run the real runner on the real node.
+SIMULATED = {"DAOFLOW_JOB_POD_TOLERATIONS": json.dumps([SIMULATED_TOLERATION]),
+             "DAOFLOW_JOB_NODE_SELECTOR": json.dumps(SIMULATED_NODE_SELECTOR)}
+
+
 @dataclass
 class OperatorProcess:
     namespace: str
     kubeconfig: Path
     log: Path
     env_extra: dict
+    runner_image: str = "daoflow-operator:test"
     proc: subprocess.Popen | None = None
 
     def start(self) -> "OperatorProcess":
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "DAOFLOW_WATCH_NAMESPACES": self.namespace,
                "DAOFLOW_WAIT_BACKOFF_MIN_SECONDS": "1", "DAOFLOW_WAIT_BACKOFF_MAX_SECONDS": "4",
-               "DAOFLOW_RUNNER_IMAGE": "daoflow-operator:test", **self.env_extra}
+               "DAOFLOW_RUNNER_IMAGE": self.runner_image, **self.env_extra}
         out = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "daoflow_operator"], env=env, stdout=out,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -83,13 +91,19 @@ class OperatorProcess:
 
 
 @pytest.fixture
-def start_operator(operator_kubeconfig, namespace, tmp_path, request):
-    """Starts an operator that watches only this test's namespace (so tests can configure it)."""
+def start_operator(cluster, operator_kubeconfig, namespace, tmp_path, request):
+    """Starts an operator that watches only this test's namespace (so tests can configure it).
+
+    `simulated=True` places its restore pods on KWOK's node (for injected failures and long
+    runs); otherwise they run the image built from the Dockerfile, on the real node."""
     started: list[OperatorProcess] = []
 
-    def start(**env_extra) -> OperatorProcess:
-        op = OperatorProcess(namespace, operator_kubeconfig, tmp_path / f"operator-{len(started)}.log",
-                             {k: v if isinstance(v, str) else json.dumps(v) for k, v in env_extra.items()})
+    def start(simulated: bool = False, **env_extra) -> OperatorProcess:
+        env = {k: v if isinstance(v, str) else json.dumps(v) for k, v in env_extra.items()}
+        if simulated and cluster.real_node:
+            env = {**SIMULATED, **env}
+        op = OperatorProcess(namespace, operator_kubeconfig, tmp_path / f"operator-{len(started)}.log", env,
+                             runner_image=cluster.runner_image)
         started.append(op.start())
         return op
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from backups import (backup_run, condition, destination, events, jobs, restore, restore_status, set_run_status,
-                     settle, succeeded, wait_phase)
+                     settle, snapshot, source_tree, succeeded, succeeded_with_artifact, wait_phase)
 from cluster_helpers import kubectl_binary, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -56,9 +56,17 @@ def test_a_dry_run_plans_without_a_job_and_matches_the_cli(cluster, namespace, o
 
 def test_a_real_restore_runs_one_job_to_success_with_a_full_audit_trail(cluster, namespace, operator):
     destination(cluster, namespace)
-    backup_run(cluster, namespace)
+    run = backup_run(cluster, namespace)
     name = restore(cluster, namespace)
     status = wait_phase(cluster, namespace, name, "Succeeded", timeout=90)
+    if cluster.real_node:
+        # The runner really ran: the target holds the source tree, byte for byte, modes included,
+        # and status carries its real report.
+        target = cluster.volume_dir(f"{namespace}-app-data")
+        assert snapshot(target) == snapshot(source_tree(cluster, namespace))
+        artifact = run["status"]["artifact"]
+        assert status["result"]["sha256"] == artifact["sha256"]
+        assert status["result"]["bytes"] > 0 and status["result"]["files"] >= 6
 
     assert condition(status, "Ready")["status"] == "True"
     assert condition(status, "ArtifactVerified")["status"] == "True"
@@ -91,7 +99,7 @@ def test_a_restore_waits_for_a_missing_run_then_proceeds(cluster, namespace, ope
     wait_until(lambda: condition(restore_status(cluster, namespace, name), "Validated").get("reason")
                == "BackupRunNotSucceeded", what="the BackupRunNotSucceeded condition")
     assert jobs(cluster, namespace) == []
-    set_run_status(cluster, namespace, "nightly", succeeded())
+    set_run_status(cluster, namespace, "nightly", succeeded_with_artifact(cluster, namespace))
     status = wait_phase(cluster, namespace, name, "Succeeded", timeout=90)
     assert len(jobs(cluster, namespace)) == 1
 
@@ -121,7 +129,7 @@ def test_the_spec_of_a_restore_is_immutable(cluster, namespace):
 
 
 def test_a_failed_job_fails_the_restore_with_the_runner_reason(cluster, namespace, start_operator):
-    start_operator(DAOFLOW_JOB_POD_ANNOTATIONS={"kwok.daoflow.dev/exit-code": "4",
+    start_operator(simulated=True, DAOFLOW_JOB_POD_ANNOTATIONS={"kwok.daoflow.dev/exit-code": "4",
                                                 "kwok.daoflow.dev/reason": "ChecksumMismatch"})
     destination(cluster, namespace)
     backup_run(cluster, namespace)
@@ -136,7 +144,7 @@ def test_a_failed_job_fails_the_restore_with_the_runner_reason(cluster, namespac
 
 
 def test_a_job_deleted_mid_run_fails_the_restore_and_is_not_recreated(cluster, namespace, start_operator):
-    start_operator(DAOFLOW_JOB_POD_ANNOTATIONS={"kwok.daoflow.dev/run-duration": "600s"})
+    start_operator(simulated=True, DAOFLOW_JOB_POD_ANNOTATIONS={"kwok.daoflow.dev/run-duration": "600s"})
     destination(cluster, namespace)
     backup_run(cluster, namespace)
     name = restore(cluster, namespace)
@@ -149,7 +157,7 @@ def test_a_job_deleted_mid_run_fails_the_restore_and_is_not_recreated(cluster, n
 
 
 def test_an_operator_killed_after_creating_the_job_makes_no_second_job(cluster, namespace, start_operator):
-    first = start_operator(DAOFLOW_JOB_POD_ANNOTATIONS={"kwok.daoflow.dev/run-duration": "3s"})
+    first = start_operator(simulated=True, DAOFLOW_JOB_POD_ANNOTATIONS={"kwok.daoflow.dev/run-duration": "3s"})
     destination(cluster, namespace)
     backup_run(cluster, namespace)
     name = restore(cluster, namespace)
@@ -166,7 +174,7 @@ def test_an_operator_killed_after_creating_the_job_makes_no_second_job(cluster, 
     finally:
         watcher.kill()
     assert line.strip() == f"job.batch/{name}-restore"
-    start_operator(DAOFLOW_JOB_POD_ANNOTATIONS={"kwok.daoflow.dev/run-duration": "3s"})
+    start_operator(simulated=True, DAOFLOW_JOB_POD_ANNOTATIONS={"kwok.daoflow.dev/run-duration": "3s"})
     status = wait_phase(cluster, namespace, name, "Succeeded", timeout=90)
     assert [j["metadata"]["name"] for j in jobs(cluster, namespace)] == [f"{name}-restore"]
     assert [e["step"] for e in status["auditTrail"]] == STEPS

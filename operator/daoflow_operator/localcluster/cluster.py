@@ -418,6 +418,7 @@ class LocalCluster:
         state = {
             "server": self.server, "kubeconfig": str(self.kubeconfig), "launcher": os.getpid(),
             "pids": {c.name: c.proc.pid for c in self.components if c.proc},
+            "nodePids": self.node.pids() if self.node is not None else {},
             "realNode": self.node is not None, "nodeUnavailable": self.node_unavailable,
             "runnerImage": self.runner_image,
         }

@@ -405,6 +405,19 @@ class RealNode:
             self.forwarded.append(port)
         return f"{NODE_IP}:{port}"
 
+    def pids(self) -> dict[str, int]:
+        """Host pids of the node's processes: unshare, nodeinit, and what nodeinit started."""
+        out = {"unshare": self.proc.pid} if self.proc else {}
+        if self.nodeinit_pid:
+            out["nodeinit"] = self.nodeinit_pid
+            with contextlib.suppress(OSError):
+                children = Path(f"/proc/{self.nodeinit_pid}/task/{self.nodeinit_pid}/children").read_text().split()
+                for pid in children:
+                    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                    if comm in ("containerd", "kubelet"):
+                        out[comm] = int(pid)
+        return out
+
     def _nodeinit_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, IndexError):
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
