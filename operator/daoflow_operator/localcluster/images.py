@@ -786,7 +786,10 @@ def _build_base_archive(codename: str, key: str, archive: Path, log) -> None:
     try:
         started = time.monotonic()
         log(f"images: debootstrap --variant=minbase {codename} from {mirror} ({', '.join(BASE_PACKAGES)}) ...")
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+        # In a private mount namespace: the /proc and /sys it mounts in the target never show on the
+        # host and go away with it, even if it is killed.
+        _run(["unshare", "--mount", "--propagation", "private", "--",
+              "debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
               f"--arch={oci_arch()}", codename, str(rootfs), mirror],
              "making the base root filesystem (debootstrap)", log_file=log_file)
         log(f"images: debootstrap done in {time.monotonic() - started:.0f}s")
@@ -800,6 +803,7 @@ def _build_base_archive(codename: str, key: str, archive: Path, log) -> None:
         }, compress=False)
         log(f"images: base archive {archive.name} ({archive.stat().st_size / 1e6:.0f} MB) written in "
             f"{time.monotonic() - started:.1f}s")
+        _drop_old(archive.parent, "daoflow-base-*.tar", 2)
     finally:
         _unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
@@ -875,6 +879,11 @@ def pause_source() -> Path:
     """build/pause/linux/pause.c of the pinned Kubernetes module (downloaded if needed)."""
     env = dict(os.environ, GOFLAGS="", GOTOOLCHAIN="local")
     rel = Path("build/pause/linux/pause.c")
+    gopath = (os.environ.get("GOPATH") or os.path.expanduser("~/go")).split(os.pathsep)[0]
+    guess = Path(os.environ.get("GOMODCACHE") or os.path.join(gopath, "pkg", "mod"))
+    path = guess / f"k8s.io/kubernetes@{versions.KUBERNETES}" / rel
+    if path.exists():  # where the control plane's build left it, without running `go`
+        return path
     if not shutil.which("go"):
         raise ImageBuildError("building the pause image: the `go` command is not on PATH")
     modcache = _run(["go", "env", "GOMODCACHE"], "finding the Go module cache", env=env).strip()
@@ -939,7 +948,8 @@ def pause_image(log=print) -> Image:
             # As build/pause/Makefile does: CFLAGS = -Os -Wall -Werror -static -DVERSION=v$(TAG)-$(REV)
             _run(["gcc", "-Os", "-Wall", "-Werror", "-static", f"-DVERSION=v{PAUSE_VERSION}-{versions.KUBERNETES}",
                   "-o", str(binary), str(source)], "compiling pause.c (gcc -static)")
-            _run(["strip", str(binary)], "stripping pause") if shutil.which("strip") else None
+            if shutil.which("strip"):
+                _run(["strip", str(binary)], "stripping pause")
             layer = work / "layer.tar"
             _one_file_layer(layer, [("pause", "file", binary)])
             # build/pause/Dockerfile: USER 65535:65535, ENTRYPOINT ["/pause"]
