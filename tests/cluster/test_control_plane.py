@@ -12,28 +12,41 @@ from cluster_helpers import wait_until
 pytestmark = pytest.mark.cluster
 
 
-def test_a_job_runs_to_complete_through_kwok(cluster, namespace):
-    job = {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": "hello", "namespace": namespace},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {"spec": {
-                "restartPolicy": "Never",
-                "containers": [{"name": "main", "image": "busybox", "command": ["true"]}],
-            }},
-        },
-    }
-    cluster.apply(job)
+def _run_job(cluster, namespace: str, name: str, pod_spec: dict) -> dict:
+    cluster.apply({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": namespace},
+                   "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", **pod_spec}}}})
 
     def complete():
-        status = cluster.get("job", "hello", namespace).get("status", {})
+        status = cluster.get("job", name, namespace).get("status", {})
         return any(c["type"] == "Complete" and c["status"] == "True" for c in status.get("conditions", []))
 
-    wait_until(complete, timeout=90, what="Job hello to be Complete")
-    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", "job-name=hello", "-o", "json").stdout)
+    wait_until(complete, timeout=90, what=f"Job {name} to be Complete")
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", f"job-name={name}", "-o", "json").stdout)
     assert [p["status"]["phase"] for p in pods["items"]] == ["Succeeded"]
-    assert pods["items"][0]["spec"]["nodeName"] == "kwok-node-0"
+    return pods["items"][0]
+
+
+def test_a_job_runs_to_complete_through_kwok(cluster, namespace):
+    from daoflow_operator.localcluster.cluster import SIMULATED_NODE_SELECTOR, SIMULATED_TOLERATION
+
+    pod = _run_job(cluster, namespace, "hello", {
+        "containers": [{"name": "main", "image": "busybox", "command": ["true"]}],
+        # While the real node exists, the simulated one takes only pods that ask for it.
+        "tolerations": [SIMULATED_TOLERATION], "nodeSelector": SIMULATED_NODE_SELECTOR})
+    assert pod["spec"]["nodeName"] == "kwok-node-0"
+
+
+def test_a_job_runs_in_a_real_container_on_the_real_node(cluster, namespace):
+    if not cluster.real_node:
+        pytest.skip(f"no real node: {cluster.local.node_unavailable if cluster.local else 'not the local cluster'}")
+    pod = _run_job(cluster, namespace, "hello-real", {
+        "automountServiceAccountToken": False,
+        "containers": [{"name": "main", "image": "localhost/busybox:daoflow", "imagePullPolicy": "Never",
+                        "command": ["sh", "-c", "echo hello from $(hostname) in $(cat /proc/1/cgroup | wc -l) cgroups"]}]})
+    assert pod["spec"]["nodeName"] == "daoflow-node"
+    # `kubectl logs` goes through the API server's egress proxy into the node's network namespace.
+    logs = cluster.kubectl("logs", "job/hello-real", "-n", namespace).stdout
+    assert logs.startswith(f"hello from {pod['metadata']['name']} in ")
 
 
 def _immutable_crd(group: str) -> dict:
