@@ -248,3 +248,16 @@ def test_the_host_is_left_as_it_was(cluster):
     assert own and all(path.endswith("/" + own) for path in now["cgroups"]) and now["cgroups"]
     now["cgroups"] = cluster.local.host_state_before["cgroups"]
     assert differences(cluster.local.host_state_before, now) == []
+
+
+def test_an_image_that_cannot_be_pulled_fails_fast_with_its_reason(cluster, namespace, start_operator):
+    # No registry is reachable here, so a missing image can never be pulled.
+    start_operator(DAOFLOW_RUNNER_IMAGE="localhost/daoflow-operator:does-not-exist")
+    destination(cluster, namespace)
+    backup_run(cluster, namespace)
+    name = restore(cluster, namespace)
+    status = wait_phase(cluster, namespace, name, "Failed", timeout=60)
+    assert condition(status, "Succeeded")["reason"] == "ImagePullFailed"
+    assert "does-not-exist" in condition(status, "Succeeded")["message"]
+    wait_until(lambda: not [j for j in jobs(cluster, namespace) if not j["metadata"].get("deletionTimestamp")],
+               timeout=30, what="the Job of the failed restore to be deleted")
