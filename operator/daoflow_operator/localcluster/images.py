@@ -864,6 +864,7 @@ def runner_image(repo: Path, log=print) -> Image:
         log(f"images: {image.archive.name} ({image.archive.stat().st_size / 1e6:.0f} MB) exported in "
             f"{time.monotonic() - started:.0f}s; {image.name} ready in {time.monotonic() - total:.0f}s")
         _drop_old(image.archive.parent, "daoflow-operator-dev-*.tar", KEEP_RUNNER_ARCHIVES)
+        _drop_old(logs, "runner-*.log", 10)
     return image
 
 
