@@ -113,8 +113,11 @@ class PersistentVolumeClaimSource(Model):
 
 class BackupSource(Model):
     x_validations: ClassVar = [
-        cel("self.type == 'volume' ? has(self.persistentVolumeClaim) : has(self.database)",
-            "a volume source must set persistentVolumeClaim, and a postgres source must set database"),
+        # Exactly one, matching the type: a volume source that also names a database is refused.
+        cel("self.type == 'volume' ? has(self.persistentVolumeClaim) && !has(self.database)"
+            " : has(self.database) && !has(self.persistentVolumeClaim)",
+            "a volume source must set persistentVolumeClaim and not database, and a postgres source must set "
+            "database and not persistentVolumeClaim"),
     ]
     type: Literal["volume", "postgres"]
     persistent_volume_claim: PersistentVolumeClaimSource | None = None

@@ -1,0 +1,104 @@
+"""What the API server itself refuses, with the exact message a user reads from `kubectl apply`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+API = "backup.daoflow.dev/v1alpha1"
+# Printed under a refusal whenever a schema error kept the CEL rules from running.
+RULES_NOT_CHECKED = ("<nil>: Invalid value: null: some validation rules were not checked because the object was "
+                     "invalid; correct the existing errors to complete validation")
+
+
+def apply(cluster, namespace: str, kind: str, name: str, spec=..., verb: str = "apply"):
+    obj = {"apiVersion": API, "kind": kind, "metadata": {"name": name, "namespace": namespace}}
+    if spec is not ...:
+        obj["spec"] = spec
+    return cluster.kubectl(verb, "-f", "-", input=json.dumps(obj), check=False)
+
+
+def refusal(result) -> list[str]:
+    """The lines of a refusal after its first one (which names the object), bullets stripped."""
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    return [line.removeprefix("* ") for line in lines[1:]] if len(lines) > 1 else [lines[0].split(" is invalid: ", 1)[1]]
+
+
+def stored(cluster, namespace: str, plural: str) -> list[str]:
+    out = cluster.kubectl("get", plural, "-n", namespace, "-o", "json").stdout
+    return [item["metadata"]["name"] for item in json.loads(out)["items"]]
+
+
+def test_a_destination_must_set_exactly_one_place(cluster, namespace):
+    empty = apply(cluster, namespace, "BackupDestination", "empty", {})
+    assert empty.stderr.strip() == ('The BackupDestination "empty" is invalid: spec: Invalid value: '
+                                    "exactly one of s3 or persistentVolumeClaim must be set")
+    assert refusal(apply(cluster, namespace, "BackupDestination", "missing")) == ["spec: Required value",
+                                                                                  RULES_NOT_CHECKED]
+    both = apply(cluster, namespace, "BackupDestination", "both",
+                 {"persistentVolumeClaim": {"claimName": "backups"},
+                  "s3": {"endpoint": "http://s3.local", "bucket": "backups", "credentialsSecretRef": {"name": "s"}}})
+    assert refusal(both) == ["spec: Invalid value: exactly one of s3 or persistentVolumeClaim must be set"]
+    assert stored(cluster, namespace, "backupdestinations") == []
+
+
+def test_a_restore_target_must_set_exactly_one_place(cluster, namespace):
+    message = "spec.target: Invalid value: exactly one of persistentVolumeClaim or database must be set"
+    empty = apply(cluster, namespace, "BackupRestore", "empty", {"backupRunRef": {"name": "nightly"}, "target": {}})
+    assert refusal(empty) == [message]
+    both = apply(cluster, namespace, "BackupRestore", "both",
+                 {"backupRunRef": {"name": "nightly"},
+                  "target": {"persistentVolumeClaim": {"claimName": "data"}, "database": {"secretRef": {"name": "db"}}}})
+    assert refusal(both) == [message]
+    assert stored(cluster, namespace, "backuprestores") == []
+
+
+def test_a_backup_source_must_set_exactly_the_place_of_its_type(cluster, namespace):
+    message = ("spec.source: Invalid value: a volume source must set persistentVolumeClaim and not database, "
+               "and a postgres source must set database and not persistentVolumeClaim")
+    sources = {
+        "volume-without-claim": {"type": "volume"},
+        "postgres-without-database": {"type": "postgres", "persistentVolumeClaim": {"claimName": "data"}},
+        "volume-and-database": {"type": "volume", "persistentVolumeClaim": {"claimName": "data"},
+                                "database": {"secretRef": {"name": "db"}}},
+        "postgres-and-claim": {"type": "postgres", "persistentVolumeClaim": {"claimName": "data"},
+                               "database": {"secretRef": {"name": "db"}}},
+    }
+    for name, source in sources.items():
+        result = apply(cluster, namespace, "BackupRun", name, {"destinationRef": {"name": "shared"}, "source": source})
+        assert refusal(result) == [message], name
+    assert stored(cluster, namespace, "backupruns") == []
+    ok = apply(cluster, namespace, "BackupRun", "volume",
+               {"destinationRef": {"name": "shared"}, "source": {"type": "volume",
+                                                                 "persistentVolumeClaim": {"claimName": "data"}}})
+    assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize("verb", ["apply", "create"])
+def test_a_malformed_restore_gets_the_schema_message_not_the_requester_policy_error(cluster, namespace, verb):
+    # The requester policy patches every new restore; it must let the schema say what is wrong.
+    dry_run = apply(cluster, namespace, "BackupRestore", "string-dry-run",
+                    {"backupRunRef": {"name": "nightly"}, "dryRun": "yes"}, verb=verb)
+    assert "error applying patch" not in dry_run.stderr
+    assert refusal(dry_run) == [
+        'spec.dryRun: Invalid value: "string": spec.dryRun in body must be of type boolean: "string"',
+        RULES_NOT_CHECKED]
+    deadline = apply(cluster, namespace, "BackupRestore", "string-deadline",
+                     {"backupRunRef": {"name": "nightly"}, "dryRun": True, "activeDeadlineSeconds": "an hour"},
+                     verb=verb)
+    assert refusal(deadline) == [
+        'spec.activeDeadlineSeconds: Invalid value: "string": spec.activeDeadlineSeconds in body must be of type '
+        'integer: "string"', RULES_NOT_CHECKED]
+    assert stored(cluster, namespace, "backuprestores") == []
+
+    # A well-formed restore still has its requester recorded, with or without annotations of its own
+    # (`kubectl create` sends none; `kubectl apply` sends its last-applied annotation).
+    good = apply(cluster, namespace, "BackupRestore", "good", {"backupRunRef": {"name": "nightly"}, "dryRun": True},
+                 verb=verb)
+    assert good.returncode == 0, good.stderr
+    meta = json.loads(cluster.kubectl("get", "backuprestore", "good", "-n", namespace, "-o", "json").stdout)["metadata"]
+    assert meta["annotations"]["backup.daoflow.dev/requested-by"] == "admin" or cluster.local is None
