@@ -205,3 +205,36 @@ def pad(data: bytes) -> bytes:
 
 
 END_OF_ARCHIVE = b"\x00" * 1024
+
+
+def run_main(plan: dict, workdir: Path, env: dict | None = None) -> Run:
+    """Run the runner's `main` in this process (fast), with its own stdout and stderr."""
+    import contextlib
+    import io as _io
+    from unittest import mock
+
+    from daoflow_operator.runner.main import main
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    plan_file = workdir / "plan.json"
+    report_file = workdir / "termination-log"
+    plan_file.write_text(json.dumps(plan))
+    if report_file.exists():
+        report_file.unlink()
+    out, err = _io.StringIO(), _io.StringIO()
+    values = {"DAOFLOW_RUNNER_SYNC": "false", "DAOFLOW_PROGRESS_INTERVAL_SECONDS": "0.5"}
+    values.update(env or {})
+    with mock.patch.dict(os.environ, values), contextlib.redirect_stderr(err):
+        code = main(["--plan", str(plan_file), "--report", str(report_file)], stdout=out, stderr=err)
+    report_text = report_file.read_text() if report_file.exists() else ""
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+    return Run(code, out.getvalue(), err.getvalue(), report_text, lines)
+
+
+def volume_plan(artifact: Path, target: Path, fmt: str = "tar", existing: str | None = None,
+                limits: dict | None = None) -> dict:
+    """A plan for an artifact file restored from its own folder into `target`."""
+    return plan_for(artifact=artifact, path=artifact.name, fmt=fmt,
+                    source={"type": "volume", "mountPath": str(artifact.parent)},
+                    target={"type": "volume", "mountPath": str(target)}, existing=existing,
+                    limits=limits)

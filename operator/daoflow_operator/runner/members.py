@@ -38,6 +38,9 @@ _REFUSED_TYPES = {
 # Extension headers: they describe the next member and are consumed by the reader.
 PAX_LOCAL, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK, VOLUME_LABEL = b"x", b"g", b"L", b"K", b"V"
 EXTENSION_TYPES = (PAX_LOCAL, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK, VOLUME_LABEL)
+# Members whose data follows their header; v7 regular files may be folders (`v7_folder`).
+DATA_TYPES = (b"0", b"\x00", b"7")
+V7_REGULAR = (b"0", b"\x00")
 
 
 @dataclass
@@ -125,10 +128,9 @@ def parse_header(block: bytes) -> Header:
         prefix = cstr(block[345:500])
         if prefix:
             name = prefix + b"/" + name
+    # The name may still be replaced by a GNU long-name header or a pax `path` record, so the
+    # v7 trailing-slash rule is not applied here but to the final name (`v7_folder`).
     typeflag = block[156:157]
-    # Pre-POSIX archives mark directories only by a trailing slash.
-    if typeflag in (b"0", b"\x00") and name.endswith(b"/"):
-        typeflag = b"5"
     return Header(
         name=decode_name(name),
         mode=parse_number(block[100:108], "mode"),
@@ -137,6 +139,28 @@ def parse_header(block: bytes) -> Header:
         typeflag=typeflag,
         linkname=decode_name(cstr(block[157:257])),
     )
+
+
+def data_size(header: Header) -> int:
+    """Bytes of data that follow the header in the archive, decided by the raw typeflag.
+
+    Only regular files carry data, as in POSIX and Python's tarfile. It holds whatever the
+    member becomes later (a v7 folder): the data is always skipped by this size, so no byte
+    of a file's content can ever be read as a header.
+    """
+    return header.size if header.typeflag in DATA_TYPES else 0
+
+
+def v7_folder(header: Header, named_by_extension: bool) -> Header:
+    """Pre-POSIX archives mark folders only by a trailing slash on a regular-file header.
+
+    The rule looks at the final name, and only when no GNU long-name header or pax `path`
+    record gave it: GNU tar and Python's tarfile cut a long name at 100 bytes into the ustar
+    name field, which then ends with '/' whenever byte 100 of the path is one.
+    """
+    if not named_by_extension and header.typeflag in V7_REGULAR and header.name.endswith("/"):
+        header.typeflag = b"5"
+    return header
 
 
 def check_extension_size(header: Header) -> None:
@@ -296,6 +320,15 @@ class Budget:
     max_bytes: int
     members: int = 0
     bytes: int = 0
+
+    def admit_padding(self, size: int) -> None:
+        """Zero padding after the end-of-archive marker costs time like data does."""
+        self.bytes += size
+        if self.bytes > self.max_bytes:
+            raise limit_exceeded(
+                f"the zero padding after the end-of-archive marker brings the unpacked size to "
+                f"{self.bytes} bytes, above the limit of {self.max_bytes}"
+            )
 
     def admit(self, member_name: str, size: int) -> None:
         self.members += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from . import members as m
-from .failures import corrupt
+from .failures import corrupt, unsafe
 
 
 class ChunkReader:
@@ -58,6 +58,13 @@ class ChunkReader:
         for _ in self.pieces(n):
             pass
 
+    def rest(self) -> Iterator[memoryview]:
+        """Everything left in the stream, in pieces."""
+        while self._fill():
+            take, self._view = self._view, memoryview(b"")
+            self.offset += len(take)
+            yield take
+
 
 def padded(size: int) -> int:
     return (size + m.BLOCK - 1) // m.BLOCK * m.BLOCK
@@ -72,6 +79,7 @@ class TarStream:
         self._data_left = 0  # unread data of the current member
         self._padding = 0
         self.ended = False
+        self._end_offset = 0
 
     def data(self) -> Iterator[memoryview]:
         """The current member's data, in pieces. May be called once per member."""
@@ -101,9 +109,10 @@ class TarStream:
             if not block:
                 raise corrupt("archive ends without an end-of-archive marker")
             if m.is_zero_block(block):
-                # One zero block ends the archive, as GNU tar treats it; the rest of the stream
-                # (the second zero block, record padding) is still hashed by the fetch step.
+                # One zero block ends the archive, as GNU tar treats it. The rest of the stream
+                # (the second zero block, record padding) must be zeros: see `finish`.
                 self.ended = True
+                self._end_offset = self.reader.offset - m.BLOCK
                 return None
             header = m.parse_header(block)
             if header.typeflag in m.EXTENSION_TYPES:
@@ -122,10 +131,29 @@ class TarStream:
                 header.linkname = long_link
             if pax:
                 m.apply_pax(header, pax)
+            # The data that follows is decided by the header's own kind, never by what the
+            # member becomes: a v7 folder's declared data is skipped, not read as headers.
+            size = m.data_size(header)
+            m.v7_folder(header, named_by_extension=long_name is not None or "path" in pax)
             member = m.check_member(header)
             if member.path:  # "./" is the target root itself and is not counted
-                self.budget.admit(header.name, member.size)
-            # Only regular files carry data, as in POSIX and Python's tarfile.
+                self.budget.admit(header.name, size)
             self._data_left = member.size
-            self._padding = padded(member.size) - member.size
+            self._padding = padded(size) - member.size
             return member
+
+    def finish(self) -> None:
+        """After the end-of-archive marker: the rest of the stream must be zero padding.
+
+        Anything else would be members that a restore silently drops (a second archive
+        appended, or a file's data misread as the end), so it is refused.
+        """
+        if not self.ended:
+            raise corrupt("archive ends without an end-of-archive marker")
+        for piece in self.reader.rest():
+            if piece.tobytes().count(0) != len(piece):
+                raise unsafe(
+                    f"data follows the end-of-archive marker at byte {self._end_offset} of the "
+                    "tar stream; the members after it would be silently dropped"
+                )
+            self.budget.admit_padding(len(piece))

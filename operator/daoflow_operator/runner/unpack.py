@@ -174,6 +174,7 @@ class Unpacker:
             if member.path:
                 self.files += 1
                 self.progress.files_done = self.files
+        stream.finish()
         self.close()
 
     def close(self) -> None:
