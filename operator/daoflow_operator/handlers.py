@@ -4,13 +4,16 @@ kopf watches BackupRestores, their Jobs and BackupRuns, and each event only puts
 affected restore's key on a work queue. One reconcile per key at a time then reads
 the world, asks `status.decide()` what follows, and writes it:
 
-    event -> queue -> reconcile: read restore, BackupRun, destination, target claim,
-                                 or the Job and (until its runner runs, or once it ended) its pods
+    event -> queue -> reconcile: read restore, BackupRun, destination, target claim and who
+                                 holds the target (its Lease), or the Job and (until its runner
+                                 runs, or once it ended) its pods
                                  -> planning.plan / status.decide (pure)
+                                 -> take the target's Lease (AlreadyExists = read again)
                                  -> create the Job (AlreadyExists = adopt)
                                  -> patch status, only if it changed
                                  -> post the events of the transition
                                  -> delete the Job whose pod cannot start
+                                 -> let go of the target of a restore that ended
 
 Handlers are event handlers, not kopf's create/update handlers, so kopf itself writes
 nothing to the objects: no progress annotations, no last-handled state. All state
@@ -27,7 +30,7 @@ from typing import Awaitable, Callable
 
 import kopf
 
-from . import jobs, planning, pods, status as status_
+from . import jobs, planning, pods, status as status_, targets
 from .api import models
 from .config import Config
 from .kube import Conflict, Kube, api_client_from_env
@@ -67,6 +70,10 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
         claim = planning.target_claim_name(spec, observed.run)
         if claim and observed.run is not None:
             observed.target_claim = kube.get_claim(namespace, claim)
+        succeeded = ((observed.run or {}).get("status") or {}).get("phase") == "Succeeded"
+        target_key = targets.key(planning.planned_target(spec, observed.run).dump())
+        if not spec.dry_run and succeeded and target_key:
+            observed.target = observe_target(kube, restore, target_key)
     else:
         job = kube.get_job(namespace, current["jobRef"]["name"])
         owned = job is not None and _owned(job, restore)
@@ -88,6 +95,10 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
 
     decision = status_.decide(restore, observed, now(), unschedulable_timeout=config.unschedulable_timeout_seconds,
                               poll_interval=config.pod_start_poll_seconds)
+    if decision.acquire is not None and decision.acquire.state != "ours":
+        # Before the Job: a Job exists only while its restore holds the target. A crash right after
+        # this leaves the Lease with this restore, and the next pass finds it "ours".
+        kube.take_lease(targets.build_lease(restore, decision.acquire, now()))
     if decision.create_job:
         kube.create_job(jobs.build_job(restore, decision.status["plan"], destination, config))
     if status_.changed(current, decision.status):
@@ -102,7 +113,25 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     if decision.delete_job:
         # After the status: a crash before this line leaves a final record, and the pass above deletes.
         kube.delete_job(namespace, observed.job["metadata"]["name"], observed.job["metadata"]["uid"])
+    if decision.release_target:
+        # After the final status: should the operator die before this, the restores that wait take
+        # the Lease over from the ended holder.
+        kube.release_lease(namespace, targets.lease_name(decision.release_target), restore["metadata"]["uid"])
     return decision
+
+
+def observe_target(kube: Kube, restore: dict, target_key: str) -> targets.Holder:
+    """Who holds the target: its Lease, the restore named in it, and (when no live restore holds
+    it) the pods still labelled with it."""
+    namespace = restore["metadata"]["namespace"]
+    lease = kube.get_lease(namespace, targets.lease_name(target_key))
+    holder_name = targets.holder_to_read(lease, restore)
+    holder = kube.get_restore(namespace, holder_name) if holder_name else None
+    judged = targets.judge(target_key, restore, lease, holder)
+    if judged.state in ("free", "stale"):
+        pods_on_target = kube.target_pods(namespace, targets.target_hash(target_key))
+        judged = targets.judge(target_key, restore, lease, holder, pods_on_target)
+    return judged
 
 
 def _owned(job: dict, restore: dict) -> bool:
@@ -234,9 +263,24 @@ def restores_by_run(namespace, name, spec, status, **_):
     return {(namespace, (spec.get("backupRunRef") or {}).get("name")): name}
 
 
+@kopf.index(models.GROUP, models.VERSION, "backuprestores")
+def restores_by_target(namespace, name, status, **_):
+    """Restores queued behind a busy target, by target, so the end of the one that holds it wakes them."""
+    if status_.is_final(status) or (status_.get_condition(status or {}, status_.READY) or {}).get("reason") \
+            != status_.TARGET_BUSY:
+        return None
+    target_key = targets.key(((status or {}).get("plan") or {}).get("target"))
+    return {(namespace, target_key): name} if target_key else None
+
+
 @kopf.on.event(models.GROUP, models.VERSION, "backuprestores")
-async def restore_event(event, namespace, name, status, memo: kopf.Memo, **_) -> None:
+async def restore_event(event, namespace, name, status, restores_by_target: kopf.Index, memo: kopf.Memo,
+                        **_) -> None:
     if event.get("type") == "DELETED" or status_.is_final(status):
+        # A restore that ended, or was deleted, frees its target: wake the restores queued behind it.
+        target_key = targets.key(((status or {}).get("plan") or {}).get("target"))
+        for waiting in restores_by_target.get((namespace, target_key), []) if target_key else []:
+            memo.operator.queue.add((namespace, waiting))
         return
     memo.operator.queue.add((namespace, name))
 

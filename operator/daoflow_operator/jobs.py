@@ -12,6 +12,7 @@ import hashlib
 import json
 from typing import Any
 
+from . import targets
 from .api import models
 from .config import Config
 
@@ -100,6 +101,9 @@ def build_job(restore: dict, plan: dict, destination: dict, config: Config) -> d
         LABEL_RESTORE: _label_value(meta["name"]),
         LABEL_RESTORE_UID: meta["uid"],
     }
+    if (target_key := targets.key(plan["target"])) is not None:
+        # Pods that still write into the target are found by this label (targets.judge).
+        labels[targets.LABEL_TARGET] = targets.target_hash(target_key)
     instructions = runner_plan(restore, plan, destination, config)
     annotations = {
         **config.job_pod_annotations,

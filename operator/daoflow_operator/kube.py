@@ -6,6 +6,9 @@
   caller reads it again and decides anew (see handlers.reconcile).
 - Secrets are never read: the runner mounts them; the operator only names them.
 - Of a PersistentVolumeClaim, only its metadata and status are kept.
+- A target's Lease is created, taken over (a merge patch conditional on its resourceVersion) and deleted
+  (conditional on its uid and resourceVersion): a 409 on a take means another restore was
+  quicker, and the caller reads again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Callable, TypeVar
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from . import planning
+from . import planning, targets
 from .api import models
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class Kube:
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
+        self.coordination = kubernetes.client.CoordinationV1Api(api_client)
         self.sleep = sleep
 
     def _retry(self, call: Callable[[], T], what: str) -> T:
@@ -113,6 +117,57 @@ class Kube:
                 raise RuntimeError(f"Job {ns}/{name} exists but belongs to another object; not adopting it")
             log.info("Job %s/%s already exists and is ours: adopted", ns, name)
             return existing
+
+    def get_lease(self, namespace: str, name: str) -> dict | None:
+        lease = self._get_or_none(lambda: self.coordination.read_namespaced_lease(name, namespace),
+                                  f"get lease {namespace}/{name}")
+        return self.client.sanitize_for_serialization(lease) if lease is not None else None
+
+    def take_lease(self, manifest: dict) -> None:
+        """Creates the target's Lease or, when the manifest carries a resourceVersion, takes over the
+        one that was read. Raises Conflict when another restore was quicker (AlreadyExists, or the
+        Lease changed since it was read)."""
+        ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        if manifest["metadata"].get("resourceVersion"):
+            # A merge patch that carries the resourceVersion: conditional, like the status write.
+            self._retry(lambda: self.coordination.patch_namespaced_lease(
+                name, ns, manifest, _content_type="application/merge-patch+json"), f"take over lease {ns}/{name}")
+        else:
+            self._retry(lambda: self.coordination.create_namespaced_lease(ns, manifest), f"create lease {ns}/{name}")
+        log.info("Lease %s/%s (%s) taken by %s", ns, name,
+                 manifest["metadata"]["annotations"].get(targets.ANNOTATION_TARGET), manifest["spec"]["holderIdentity"])
+
+    def release_lease(self, namespace: str, name: str, holder_uid: str) -> bool:
+        """Deletes the target's Lease if this restore still holds it. Idempotent.
+
+        The delete is conditional on the uid and resourceVersion that were read, so a Lease that
+        another restore took over in between is left alone.
+        """
+        lease = self.get_lease(namespace, name)
+        identity = targets.holder_identity(lease)
+        if lease is None or identity is None or identity[1] != holder_uid:
+            return False
+        meta = lease["metadata"]
+        body = kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(
+            uid=meta["uid"], resource_version=meta["resourceVersion"]))
+        try:
+            self._retry(lambda: self.coordination.delete_namespaced_lease(name, namespace, body=body),
+                        f"delete lease {namespace}/{name}")
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        except Conflict:
+            return False
+        log.info("Lease %s/%s released by %s", namespace, name, "/".join(identity))
+        return True
+
+    def target_pods(self, namespace: str, target_label: str) -> list[dict]:
+        """The restore pods that write into one target (labelled with its hash)."""
+        pods = self._retry(
+            lambda: self.core.list_namespaced_pod(namespace, label_selector=f"{targets.LABEL_TARGET}={target_label}"),
+            f"list pods of target {namespace}/{target_label}")
+        return [self.client.sanitize_for_serialization(p) for p in pods.items]
 
     def get_claim(self, namespace: str, name: str) -> dict | planning.Unreadable | None:
         """A PersistentVolumeClaim's metadata and status; None when it does not exist.

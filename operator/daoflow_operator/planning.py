@@ -108,6 +108,11 @@ def _target(spec: models.BackupRestoreSpec, run: dict) -> models.PlannedTarget:
     )
 
 
+def planned_target(spec: models.BackupRestoreSpec, run: dict | None) -> models.PlannedTarget:
+    """The plan's target (`plan.target`), so the shell knows whose lock to read before it decides."""
+    return _target(spec, run or {})
+
+
 def target_claim_name(spec: models.BackupRestoreSpec, run: dict | None) -> str | None:
     """The PersistentVolumeClaim a volume restore writes into, so the caller knows which one to read."""
     target = _target(spec, run or {})
@@ -314,7 +319,8 @@ def _steps(run_name: str, artifact: models.PlannedArtifact, target: models.Plann
                 f"{target.persistent_volume_claim.claim_name} ({target.existing_data})")
     return [
         models.PlanStep(step="validate", description=f"BackupRun {run_name} succeeded and its artifact is pinned"),
-        models.PlanStep(step="queue", description="record the restore request, with its audit entry, and create one Job"),
+        models.PlanStep(step="queue", description="record the restore request, with its audit entry; wait while another "
+                       "restore holds the target, then take it and create one Job"),
         models.PlanStep(step="fetch", description=f"stream {location} ({size})"),
         models.PlanStep(step="execute", description=into),
         models.PlanStep(step="verify", description=f"sha256 must equal {artifact.sha256} before the data becomes visible"),

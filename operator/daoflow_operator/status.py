@@ -2,8 +2,9 @@
 
 Queue, Execute, Verify and Record are decided here. `decide()` takes the restore's
 current status and what the shell observed (the BackupRun, its destination, the target
-claim, the Job, its pods and their events, and the runner's report) and returns the next
-status, the Job to create or delete if any, and the events to post. It never reads a clock
+claim, who holds the target, the Job, its pods and their events, and the runner's report) and
+returns the next status, the target to take or let go of, the Job to create or delete if any,
+and the events to post. It never reads a clock
 or the network: `now` is passed in.
 
 Rules that hold by construction:
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import planning, pods as pods_
+from . import planning, pods as pods_, targets
 from .api import models
 
 AUDIT_LIMIT = 64
@@ -43,6 +44,7 @@ JOB_DELETED = "JobDeleted"
 JOB_FAILED = "JobFailed"
 RESTORE_SUCCEEDED = "RestoreSucceeded"
 REPORT_MISSING = "ReportMissing"
+TARGET_BUSY = targets.TARGET_BUSY
 
 
 @dataclass
@@ -59,6 +61,9 @@ class Observation:
     target_claim: dict | planning.Unreadable | None = planning.NOT_READ
     pods: list[dict] | None = None  # the Job's pods, read while its runner has not started (None: not read)
     pod_events: list[dict] = field(default_factory=list)  # events about the newest pod, when they may tell more
+    # Who holds the target, read before the Job exists for a real restore whose BackupRun succeeded
+    # (None: not read).
+    target: targets.Holder | None = None
 
 
 @dataclass
@@ -73,7 +78,9 @@ class Decision:
     status: dict[str, Any]
     create_job: bool = False
     events: list[Event] = field(default_factory=list)
-    wait: planning.Verdict | None = None  # set while waiting for the BackupRun: retry with backoff
+    wait: planning.Verdict | None = None  # waiting for the BackupRun or for the target: retry with backoff
+    acquire: targets.Holder | None = None  # take the target (unless already ours) before the Job is created
+    release_target: str | None = None  # the restore ended: let go of this target, if it still holds it
     delete_job: bool = False  # the Job's pod cannot start: delete the Job (after the status is written)
     requeue_after: float | None = None  # the pod has not started: look again after this many seconds
 
@@ -124,6 +131,8 @@ def derive_phase(status: dict) -> str:
         return "Planned"
     if started.get("status") == "True":
         return "Running" if started.get("reason") == JOB_RUNNING else "Queued"
+    if cond(READY).get("reason") == TARGET_BUSY:
+        return "Queued"  # behind the restore that holds the target
     return "Pending"
 
 
@@ -230,6 +239,10 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
 
     def finish() -> None:
         status["completionTime"] = fmt_time(now)
+        # A real restore holds its target from just before its Job is created: let go of it.
+        held = old.get("jobRef") or (observed.target is not None and observed.target.state == "ours")
+        if not spec.dry_run and held:
+            decision.release_target = targets.key((status.get("plan") or {}).get("target"))
 
     requester = ((restore.get("metadata") or {}).get("annotations") or {}).get(REQUESTED_BY)
     if requester and not status.get("requestedBy"):
@@ -269,17 +282,41 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         else:
             from .jobs import job_name  # the Job's fixed name is part of the record
 
-            name = job_name(restore["metadata"]["name"])
+            target = observed.target
+            if target is None:
+                raise ValueError("a real restore needs its target's holder observed before its Job is created")
+            if (get_condition(old, VALIDATED) or {}).get("status") != "True":
+                audit(status, now, "validate", "ok", verdict.message)
+                events.append(Event("Normal", "Validated", verdict.message))
             set_condition(status, VALIDATED, "True", "Validated", verdict.message, generation, now)
+            if target.state == "busy":
+                # Queued behind the restore that holds the target. An event and an audit entry when
+                # it starts waiting, or waits for another holder; nothing when nothing changed.
+                waited = get_condition(old, STARTED) or {}
+                if waited.get("reason") != TARGET_BUSY or waited.get("message") != target.message:
+                    audit(status, now, "queue", "waiting", f"restore request{by} recorded; {target.message}")
+                    events.append(Event("Normal", TARGET_BUSY, target.message))
+                set_condition(status, STARTED, "False", TARGET_BUSY, target.message, generation, now)
+                set_condition(status, READY, "False", TARGET_BUSY, target.message, generation, now)
+                if target.pod_running:
+                    decision.requeue_after = poll_interval  # a pod going away sends no event we watch
+                else:
+                    # The end of the holder wakes this restore (handlers.restores_by_target); the
+                    # backoff is only a safety net.
+                    decision.wait = planning.Verdict("wait", TARGET_BUSY, target.message)
+                status["observedGeneration"] = generation
+                status["phase"] = derive_phase(status)
+                return decision
+            name = job_name(restore["metadata"]["name"])
             set_condition(status, STARTED, "True", JOB_CREATED, f"Job {name} created", generation, now)
             set_condition(status, READY, "False", "Queued", f"Job {name} created; waiting for its pod to start",
                           generation, now)
             status["jobRef"] = {"name": name}
             status["startTime"] = fmt_time(now)
-            audit(status, now, "validate", "ok", verdict.message)
-            audit(status, now, "queue", "ok", f"restore request{by} recorded; Job {name} created")
-            events.append(Event("Normal", "Validated", verdict.message))
+            audit(status, now, "queue", "ok", f"restore request{by} recorded; {targets.describe(target.key)} "
+                                              f"taken; Job {name} created")
             events.append(Event("Normal", "Queued", f"created Job {name} for plan {result.plan.plan_hash[:12]}"))
+            decision.acquire = target
             decision.create_job = True
         status["observedGeneration"] = generation
         status["phase"] = derive_phase(status)

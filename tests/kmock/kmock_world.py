@@ -15,6 +15,7 @@ JOBS = "batch/v1/jobs"
 PODS = "v1/pods"
 EVENTS = "v1/events"
 CLAIMS = "v1/persistentvolumeclaims"
+LEASES = "coordination.k8s.io/v1/leases"
 SHA = "c" * 64
 
 
@@ -27,6 +28,7 @@ def declare(kmock) -> None:
     kmock.resources[EVENTS] = {"kind": "Event", "namespaced": True, "verbs": ["create", "list"]}
     kmock.resources[PODS] = {"kind": "Pod", "namespaced": True, "verbs": ["get", "list"]}
     kmock.resources[CLAIMS] = {"kind": "PersistentVolumeClaim", "namespaced": True, "verbs": ["get"]}
+    kmock.resources[LEASES] = {"kind": "Lease", "namespaced": True, "verbs": ["get", "create", "update", "delete"]}
     kmock.objects[CLAIMS, "ns", "data"] = {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": "data", "namespace": "ns", "uid": "uid-data"},

@@ -51,8 +51,9 @@ async def test_a_failed_status_patch_is_retried_and_the_status_comes_out_right(k
     assert len(creates) == (2 if code == 409 else 1)
     jobs = await asyncio.to_thread(kubernetes.client.BatchV1Api(operator.kube.client).list_namespaced_job, "ns")
     assert [j.metadata.name for j in jobs.items] == ["r1-restore"]
-    # The only error is the second create meeting the first Job: that is adoption.
-    assert [e.status for e in k8s.errors] == ([409] if code == 409 else [])
+    # The only errors: the first read of the target's Lease (there is none yet), and the second
+    # create meeting the first Job, which is adoption.
+    assert [e.status for e in k8s.errors] == [404] + ([409] if code == 409 else [])
 
 
 @pytest.mark.kmock(cls=FaultAwareEmulator)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from daoflow_operator import targets
 from kmock_world import CLAIMS, JOBS, PODS, RESTORES, declare, operator_for, restore
 
 SHA = "c" * 64
@@ -15,6 +16,9 @@ LIST_EVENTS = ("GET", "/api/v1/namespaces/ns/events")
 PATCH = ("PATCH", f"{BASE}/backuprestores/r1/status")
 EVENT = ("POST", "/api/v1/namespaces/ns/events")
 DELETE_JOB = ("DELETE", "/apis/batch/v1/namespaces/ns/jobs/r1-restore")
+LEASE_NAME = targets.lease_name("pvc/data")
+LEASE = ("GET", f"/apis/coordination.k8s.io/v1/namespaces/ns/leases/{LEASE_NAME}")
+TAKE_LEASE = ("POST", "/apis/coordination.k8s.io/v1/namespaces/ns/leases")
 
 
 def requests(k8s, since: int = 0) -> list[tuple[str, str]]:
@@ -83,8 +87,10 @@ async def test_the_first_pass_reads_the_target_claim_before_it_creates_the_job(k
     assert await operator_for(k8s).process(("ns", "r1")) is None
     assert requests(k8s) == [
         RESTORE, ("GET", f"{BASE}/backupruns/nightly"), ("GET", f"{BASE}/backupdestinations/shared"),
-        ("GET", "/api/v1/namespaces/ns/persistentvolumeclaims/data"), ("POST", "/apis/batch/v1/namespaces/ns/jobs"),
-        PATCH, EVENT, EVENT]
+        ("GET", "/api/v1/namespaces/ns/persistentvolumeclaims/data"), LEASE, LIST_PODS, TAKE_LEASE,
+        ("POST", "/apis/batch/v1/namespaces/ns/jobs"), PATCH, EVENT, EVENT]
+    # Before the Job, the target is taken: no Lease and no pod on the target, so a new Lease.
+    assert list(k8s)[5].params["labelSelector"] == f"backup.daoflow.dev/target={targets.target_hash('pvc/data')}"
     status = k8s.objects[RESTORES, "ns", "r1"].raw["status"]
     assert {c["name"]: c["status"] for c in status["plan"]["preflightChecks"]}["targetClaim"] == "ok"
 
@@ -122,9 +128,10 @@ async def test_a_pod_that_cannot_pull_its_image_fails_the_restore_and_its_job_is
 
     assert await operator_for(k8s).process(("ns", "r1")) is None
 
-    # No events are read: the pod's own status says enough. The status is written before the delete.
-    assert requests(k8s) == [RESTORE, JOB, LIST_PODS, PATCH, EVENT, DELETE_JOB]
-    delete = list(k8s)[-1]
+    # No events are read: the pod's own status says enough. The status is written before the delete,
+    # and the target is let go of last (here it has no Lease any more: nothing to delete).
+    assert requests(k8s) == [RESTORE, JOB, LIST_PODS, PATCH, EVENT, DELETE_JOB, LEASE]
+    delete = list(k8s)[-2]
     assert delete.data["propagationPolicy"] == "Background"
     assert delete.data["preconditions"] == {"uid": "uid-job"}
     status = k8s.objects[RESTORES, "ns", "r1"].raw["status"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from daoflow_operator import targets
+
 SHA = "a" * 64
 
 
@@ -74,3 +76,8 @@ def event(reason="FailedMount", message="", type_="Warning", pod_name="r1-restor
     return {"metadata": {"name": f"{pod_name}.1", "namespace": "ns"}, "type": type_, "reason": reason,
             "message": message, "involvedObject": {"kind": "Pod", "name": pod_name, "uid": f"{pod_name}-uid"},
             "lastTimestamp": "2026-11-27T12:00:05Z"}
+
+
+def free(key="pvc/data") -> targets.Holder:
+    """A target no other restore holds, as the shell judges it before the Job is created."""
+    return targets.Holder("free", key)
