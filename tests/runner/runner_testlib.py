@@ -26,13 +26,27 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
+def walk(root: Path | str):
+    """os.walk without recursion (Python 3.11's os.walk recurses once per level, so a very
+    deep tree would raise RecursionError in the test itself). Top-down, never follows links."""
+    stack = [str(root)]
+    while stack:
+        dirpath = stack.pop()
+        dirnames, filenames = [], []
+        with os.scandir(dirpath) as entries:
+            for entry in entries:
+                (dirnames if entry.is_dir(follow_symlinks=False) else filenames).append(entry.name)
+        yield dirpath, dirnames, filenames
+        stack.extend(os.path.join(dirpath, d) for d in reversed(dirnames))
+
+
 def snapshot(root: Path | str) -> dict[str, tuple]:
     """Everything a restore must reproduce: kind, mode, mtime, content, link target, and which
     paths share an inode (hard links). The root itself is left out (it is the mount point)."""
     root = str(root)
     entries: dict[str, tuple] = {}
     inodes: dict[tuple[int, int], list[str]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in walk(root):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, root)
@@ -54,7 +68,7 @@ def snapshot(root: Path | str) -> dict[str, tuple]:
 def tree_listing(root: Path | str) -> list[str]:
     """Every path below root (cheap: no content), for 'nothing was written' checks."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in walk(root):
         for name in dirnames + filenames:
             out.append(os.path.relpath(os.path.join(dirpath, name), root))
     return sorted(out)

@@ -20,10 +20,10 @@ import ctypes
 import ctypes.util
 import json
 import os
-import shutil
 import stat
 
 from . import members as m
+from .fstree import holds_files, makedirs, remove_tree
 from .failures import SHIELD, RunnerFailure, restore_failed, shielded
 
 WORKDIR = m.RESERVED_TOP_LEVEL[0]
@@ -57,6 +57,20 @@ def not_empty_message(names: list[str]) -> str:
     more = f" and {len(names) - 1} more" if len(names) > 1 else ""
     return (f"the target is not empty (it holds {first}{more}); existingData must be Replace or "
             "Merge to restore over data")
+
+
+def os_error_text(exc: OSError, root: str) -> str:
+    """An OSError for the report or the log: its description, and the path it names made
+    relative to `root` (the target) and escaped. Never an absolute path."""
+    text = exc.strerror or type(exc).__name__
+    name = exc.filename
+    if isinstance(name, (str, bytes)):
+        name = os.fsdecode(name)
+        if os.path.isabs(name):
+            rel = os.path.relpath(name, root)
+            name = os.path.basename(name) if rel == ".." or rel.startswith("../") else rel
+        text += f" ({m.show(name)})"
+    return text
 
 
 def _syncfs(path: str) -> None:
@@ -93,40 +107,6 @@ def _rename(src: str, dst: str) -> None:
         os.chmod(dst, stat.S_IMODE(st.st_mode))
 
 
-def remove_tree(path: str) -> None:
-    """Remove a file or folder tree, also when read-only folders sit inside it."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
-        return
-
-    def allow(func, failed, _exc):
-        parent = os.path.dirname(failed)
-        os.chmod(parent, 0o700)
-        if os.path.isdir(failed) and not os.path.islink(failed):
-            os.chmod(failed, 0o700)
-        func(failed)
-
-    for dirpath, dirnames, _ in os.walk(path):  # open the tree up first: cheap, and simpler
-        os.chmod(dirpath, 0o700)
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
-    shutil.rmtree(path, onerror=allow)
-
-
-def _holds_files(path: str) -> bool:
-    """Anything but empty folders (which makedirs leaves behind in previous/ for a Merge)."""
-    if not os.path.isdir(path) or os.path.islink(path):
-        return False
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if not entry.is_dir(follow_symlinks=False) or _holds_files(entry.path):
-                return True
-    return False
-
-
 class Workspace:
     def __init__(self, target: str):
         self.target = target
@@ -155,7 +135,7 @@ class Workspace:
 
         Returns False when it kept `previous/` because a rollback could not put all back.
         """
-        if self._read_state() != "committed" and _holds_files(self.previous):
+        if self._read_state() != "committed" and holds_files(self.previous):
             remove_tree(self.staging)
             return False
         self.remove()
@@ -215,7 +195,7 @@ class Workspace:
     def _aside(self, journal, rel: str) -> None:
         self._log(journal, "aside", rel)
         dst = os.path.join(self.previous, rel)
-        os.makedirs(os.path.dirname(dst), mode=0o700, exist_ok=True)
+        makedirs(os.path.dirname(dst), mode=0o700)
         _rename(os.path.join(self.target, rel), dst)
 
     def _move_in(self, journal, rel: str) -> None:
@@ -311,7 +291,7 @@ class Workspace:
             src = os.path.join(self.staging, rel)
             dst = os.path.join(self.target, rel)
             if not os.path.lexists(src) and os.path.lexists(dst):
-                os.makedirs(os.path.dirname(src), mode=0o700, exist_ok=True)
+                makedirs(os.path.dirname(src), mode=0o700)
                 _rename(dst, src)
         for op, rel in self._journal_ops():
             if op != "aside":

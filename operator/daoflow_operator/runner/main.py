@@ -24,8 +24,8 @@ import traceback
 from dataclasses import dataclass
 
 from . import decompress, members
-from .commit import Workspace, not_empty_message, visible_entries
-from .failures import FAILURES, SHIELD, RunnerFailure, exit_code, invalid_plan
+from .commit import WORKDIR, Workspace, not_empty_message, os_error_text, visible_entries
+from .failures import FAILURES, SHIELD, RunnerFailure, exit_code, invalid_plan, restore_failed
 from .fetch import Decompress, Fetch, Progress, open_s3_artifact, open_volume_artifact
 from .plan import Artifact, Plan, PostgresTarget, S3Source, parse_plan
 from .postgres import count_user_objects, read_database_credentials, run_pg_restore, toc_entries
@@ -183,7 +183,12 @@ def execute_volume(plan: Plan, progress: Progress, result: Result, out: Output) 
         raise RunnerFailure("RestoreFailed", f"the target {target} is not a mounted folder")
     ws = Workspace(target)
     ws.sync = os.environ.get("DAOFLOW_RUNNER_SYNC", "true").lower() not in ("0", "false", "no")
-    recovered = ws.recover()
+    try:
+        recovered = ws.recover()
+    except OSError as exc:
+        raise restore_failed(
+            f"cleaning up after an earlier restore failed: {os_error_text(exc, target)}"
+        ) from None
     if recovered:
         out.log(recovered)
     if plan.existing_data == "FailIfNotEmpty":
@@ -214,7 +219,7 @@ def execute_volume(plan: Plan, progress: Progress, result: Result, out: Output) 
                 _verify_after_failure(reader, plan, result, failure)
             raise
         if inflate is not None:
-            inflate.stop()  # the archive has ended; what follows is only hashed
+            inflate.stop()  # the tar stream has been read to its end; the rest is only hashed
         result.sha256, result.bytes = reader.finish()
         verify_checksum(plan.artifact, result.sha256, result.bytes)
         result.verified = True
@@ -223,12 +228,14 @@ def execute_volume(plan: Plan, progress: Progress, result: Result, out: Output) 
             unpacker.apply_dir_metadata(ws.staging)
         ws.commit(plan.existing_data)
         committed = True
-        if plan.existing_data == "Merge":
-            try:  # past the commit point: the data is restored, a mode it could not set is logged
-                unpacker.apply_dir_metadata(target)
-            except RunnerFailure as failure:
-                out.log(f"restored, but not all folder modes were applied: {failure.message}")
+        # Past the commit point the data is restored: nothing after it may turn the report
+        # into a failure. What goes wrong from here on is logged (see _after_commit).
         result.files = unpacker.files
+        if plan.existing_data == "Merge":
+            _after_commit(out, target, "not all folder modes were applied",
+                          lambda: unpacker.apply_dir_metadata(target))
+    except OSError as exc:  # the unpacker names its members; this is the workspace's own I/O
+        raise restore_failed(f"restoring into the target failed: {os_error_text(exc, target)}") from None
     finally:
         try:
             if inflate is not None:
@@ -236,9 +243,38 @@ def execute_volume(plan: Plan, progress: Progress, result: Result, out: Output) 
             reader.stop()
         finally:
             if committed:
-                ws.finish()
-            elif not ws.discard():
-                out.log(f"old data that could not be put back is kept in {ws.previous}")
+                _after_commit(
+                    out, target,
+                    f"the old data could not be removed; it stays in {WORKDIR}/previous until the "
+                    "next restore into this target removes it",
+                    ws.finish,
+                )
+            else:
+                _discard(ws, out, target)
+
+
+def _after_commit(out: Output, target: str, what: str, step) -> None:
+    """Run a step that follows the commit: a failure is logged, never reported as a failed
+    restore, because the target already holds the new, verified data."""
+    try:
+        step()
+    except RunnerFailure as failure:
+        out.log(f"restored, but {what}: {failure.message}")
+    except OSError as exc:
+        out.log(f"restored, but {what}: {os_error_text(exc, target)}")
+    except Exception as exc:
+        out.log(f"restored, but {what}: {type(exc).__name__}")
+
+
+def _discard(ws: Workspace, out: Output, target: str) -> None:
+    """After a failure: remove the staging folder. A failure to do so is logged, so that the
+    report keeps the failure's own reason; the next run's recovery removes what is left."""
+    try:
+        if not ws.discard():
+            out.log(f"old data that could not be put back is kept in {WORKDIR}/previous")
+    except OSError as exc:
+        out.log(f"the staging folder could not be removed ({os_error_text(exc, target)}); "
+                "the next restore into this target removes it")
 
 
 def execute_postgres(plan: Plan, progress: Progress, result: Result, out: Output) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from . import members as m
 from .failures import restore_failed, unsafe
 from .fetch import Progress
+from .fstree import makedirs
 from .tarstream import TarStream
 
 def _writeback():
@@ -90,7 +91,7 @@ class Unpacker:
             return
         try:
             # Safe to follow paths here: the staging tree has no symlinks yet (see above).
-            os.makedirs(self._path(parent), mode=0o755, exist_ok=True)
+            makedirs(self._path(parent), mode=0o755)
         except (FileExistsError, NotADirectoryError):
             raise unsafe(f"member {m.show(rel)}: a parent folder is a file in the archive") from None
         self._known_dir = parent
