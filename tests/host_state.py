@@ -29,7 +29,9 @@ def _rules(text: str) -> list[str]:
     return [re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines() if not line.startswith("#")]
 
 
-def host_state() -> dict:
+def host_state(launcher_pid: int | None = None) -> dict:
+    """The host's state; cgroups are those of nodes started by `launcher_pid` (default: this
+    process), so another session's node running beside this one is not counted as a change."""
     state: dict = {}
     for name in SYSCTLS:
         path = Path("/proc/sys") / name
@@ -41,7 +43,8 @@ def host_state() -> dict:
     state["ip6tables"] = _rules(_run("ip6tables-save"))
     state["mounts"] = sorted(line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines())
     state["paths"] = {p: os.path.exists(p) for p in HOST_PATHS}
-    state["cgroups"] = sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/daoflow-node-*"))
+    owner = launcher_pid or os.getpid()
+    state["cgroups"] = sorted(str(p) for p in Path("/sys/fs/cgroup").glob(f"*/daoflow-node-{owner}-*"))
     return state
 
 
