@@ -117,6 +117,12 @@ class Workspace:
         self.state = os.path.join(self.dir, "state")
         self.sync = True
 
+    @property
+    def path_room(self) -> int:
+        """The longest member path that fits below staging/ and previous/ (the longer one)."""
+        prefix = max(len(os.fsencode(self.staging)), len(os.fsencode(self.previous))) + 1
+        return m.PATH_MAX - 1 - prefix
+
     # --- set up and tear down ---------------------------------------------------------
     def create(self) -> None:
         os.mkdir(self.dir, 0o700)

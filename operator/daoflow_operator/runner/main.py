@@ -208,7 +208,7 @@ def execute_volume(plan: Plan, progress: Progress, result: Result, out: Output) 
             inflate = Decompress(decompress.DECOMPRESSORS[plan.artifact.format], reader)
             inflate.start()
             chunks = iter(inflate)
-        stream = TarStream(chunks, budget)
+        stream = TarStream(chunks, budget, room=ws.path_room)
         try:
             unpacker.unpack(stream)
         except RunnerFailure as failure:

@@ -19,6 +19,10 @@ BLOCK = 512
 # Bounds for the headers that carry names: far above any real path (PATH_MAX is 4096).
 MAX_LONG_HEADER = 1 << 20
 MAX_PATH_BYTES = 4096
+# What Linux accepts: a name of at most 255 bytes per component (NAME_MAX), and a path or a
+# symlink target of at most 4095 bytes (PATH_MAX counts the final NUL).
+NAME_MAX = 255
+PATH_MAX = 4096
 # Names at the top of the target that the runner keeps for its own staging and journal.
 RESERVED_TOP_LEVEL = (".daoflow-restore",)
 
@@ -215,10 +219,13 @@ def apply_pax(header: Header, records: dict[str, str]) -> Header:
     return header
 
 
-def normalise(name: str, what: str = "member") -> list[str]:
+def normalise(name: str, what: str = "member", room: int = PATH_MAX - 1) -> list[str]:
     """Split a member name into safe components, or refuse it.
 
-    Refused: empty names, NUL, absolute paths, `..` anywhere, names longer than PATH_MAX.
+    Refused: empty names, NUL, absolute paths, `..` anywhere, names longer than PATH_MAX,
+    a component longer than NAME_MAX, and a normalised path longer than `room`: the bytes
+    left for it once the runner's own prefix (the target and `.daoflow-restore/previous/`)
+    is put in front. Checked here, up front, so that no system call fails on it later.
     `.` components and doubled slashes are dropped (`./a//b` is `a/b`).
     """
     if name == "":
@@ -232,6 +239,19 @@ def normalise(name: str, what: str = "member") -> list[str]:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise unsafe(f"{what} {show(name)}: '..' components are refused")
+    lengths = [len(p.encode("utf-8", "surrogateescape")) for p in parts]
+    if lengths and max(lengths) > NAME_MAX:
+        raise unsafe(
+            f"{what} {show(name)}: a name component is {max(lengths)} bytes long, longer than "
+            f"the {NAME_MAX} bytes a file name may have"
+        )
+    total = sum(lengths) + max(len(parts) - 1, 0)
+    if total > room:
+        raise unsafe(
+            f"{what} {show(name)}: the path is {total} bytes long; below the target's own path "
+            f"and the runner's staging prefix at most {room} bytes fit in the {PATH_MAX}-byte "
+            "path limit"
+        )
     return parts
 
 
@@ -250,6 +270,8 @@ def check_symlink_target(parts: list[str], target: str, name: str) -> None:
         raise unsafe(f"symlink {show(name)}: target contains NUL")
     if target.startswith("/"):
         raise unsafe(f"symlink {show(name)} -> {show(target)}: absolute targets point outside the target")
+    if len(target.encode("utf-8", "surrogateescape")) > PATH_MAX - 1:
+        raise unsafe(f"symlink {show(name)}: its target is longer than {PATH_MAX - 1} bytes")
     ups = 0
     seen_name = False
     for part in target.split("/"):
@@ -274,15 +296,18 @@ def safe_mode(mode: int) -> int:
     return stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID)
 
 
-def check_member(header: Header) -> Member:
-    """Turn a decoded header into a Member, or refuse it with a message naming it."""
+def check_member(header: Header, room: int = PATH_MAX - 1) -> Member:
+    """Turn a decoded header into a Member, or refuse it with a message naming it.
+
+    `room`: the longest path that fits below the runner's prefix (see `normalise`).
+    """
     flag = header.typeflag
     if flag in _REFUSED_TYPES:
         raise unsafe(f"member {show(header.name)}: {_REFUSED_TYPES[flag]}")
     kind = _TYPES.get(flag)
     if kind is None:
         raise unsafe(f"member {show(header.name)}: unknown member type {flag!r}")
-    parts = normalise(header.name)
+    parts = normalise(header.name, room=room)
     if not parts:
         if kind == DIRECTORY:  # "./" itself: the target root, nothing to create
             return Member(path="", kind=DIRECTORY, mode=safe_mode(header.mode), size=0,
@@ -298,7 +323,7 @@ def check_member(header: Header) -> Member:
         linkname = header.linkname
     elif kind == HARDLINK:
         # A hard link names another member by its path from the archive root.
-        link_parts = normalise(header.linkname, what=f"hard link {show(header.name)} target")
+        link_parts = normalise(header.linkname, what=f"hard link {show(header.name)} target", room=room)
         if not link_parts:
             raise unsafe(f"hard link {show(header.name)}: target is the target root")
         linkname = "/".join(link_parts)

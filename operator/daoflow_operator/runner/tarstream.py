@@ -73,9 +73,10 @@ def padded(size: int) -> int:
 class TarStream:
     """Yields checked members; the caller reads each regular file's data with `data()`."""
 
-    def __init__(self, chunks: Iterator[bytes], budget: m.Budget):
+    def __init__(self, chunks: Iterator[bytes], budget: m.Budget, room: int = m.PATH_MAX - 1):
         self.reader = ChunkReader(chunks)
         self.budget = budget
+        self.room = room  # bytes a member path may have below the runner's prefix
         self._data_left = 0  # unread data of the current member
         self._padding = 0
         self.ended = False
@@ -135,7 +136,7 @@ class TarStream:
             # member becomes: a v7 folder's declared data is skipped, not read as headers.
             size = m.data_size(header)
             m.v7_folder(header, named_by_extension=long_name is not None or "path" in pax)
-            member = m.check_member(header)
+            member = m.check_member(header, self.room)
             if member.path:  # "./" is the target root itself and is not counted
                 self.budget.admit(header.name, size)
             self._data_left = member.size

@@ -164,14 +164,17 @@ class Unpacker:
 
     def unpack(self, stream: TarStream) -> None:
         while (member := stream.next_member()) is not None:
-            if member.kind == m.REGULAR:
-                self.write_file(member, stream)
-            elif member.kind == m.DIRECTORY:
-                self.write_dir(member)
-            elif member.kind == m.HARDLINK:
-                self.write_hardlink(member)
-            elif member.kind == m.SYMLINK:
-                self._links.write(json.dumps([member.path, member.linkname, member.mtime]) + "\n")
+            try:
+                if member.kind == m.REGULAR:
+                    self.write_file(member, stream)
+                elif member.kind == m.DIRECTORY:
+                    self.write_dir(member)
+                elif member.kind == m.HARDLINK:
+                    self.write_hardlink(member)
+                elif member.kind == m.SYMLINK:
+                    self._links.write(json.dumps([member.path, member.linkname, member.mtime]) + "\n")
+            except OSError as exc:  # whatever the checks could not foresee: name the member
+                raise _os_failure(exc, member.path) from None
             if member.path:
                 self.files += 1
                 self.progress.files_done = self.files
@@ -202,34 +205,39 @@ class Unpacker:
         with open(self._links_path, encoding="utf-8") as f:
             for line in f:
                 rel, target, mtime = json.loads(line)
-                self._check_real_parents(rel)
-                self._ensure_parent(rel)
-                path = self._path(rel)
-                if os.path.lexists(path):
-                    raise unsafe(
-                        f"symlink {m.show(rel)}: another member has the same name or was written "
-                        "through it"
-                    )
                 try:
-                    os.symlink(target, path)
-                    os.utime(path, (mtime, mtime), follow_symlinks=False)
+                    self._make_symlink(rel, target, mtime)
                 except OSError as exc:
                     raise _os_failure(exc, rel) from None
+
+    def _make_symlink(self, rel: str, target: str, mtime: float) -> None:
+        self._check_real_parents(rel)
+        self._ensure_parent(rel)
+        path = self._path(rel)
+        if os.path.lexists(path):
+            raise unsafe(
+                f"symlink {m.show(rel)}: another member has the same name or was written through it"
+            )
+        os.symlink(target, path)
+        os.utime(path, (mtime, mtime), follow_symlinks=False)
 
     def apply_dir_metadata(self, root: str) -> None:
         """Modes and times of the archive's folders, deepest last-written first.
 
         `root` is the staging folder, or the target itself after a Merge has moved files in.
         """
-        for line in reverse_lines(self._dirs_path):
-            rel, mode, mtime = json.loads(line)
-            path = os.path.join(root, rel)
-            try:
-                if not stat.S_ISDIR(os.lstat(path).st_mode):
+        try:
+            for line in reverse_lines(self._dirs_path):
+                rel, mode, mtime = json.loads(line)
+                path = os.path.join(root, rel)
+                try:
+                    if not stat.S_ISDIR(os.lstat(path).st_mode):
+                        continue
+                    os.chmod(path, mode)
+                    os.utime(path, (mtime, mtime))
+                except FileNotFoundError:
                     continue
-                os.chmod(path, mode)
-                os.utime(path, (mtime, mtime))
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise _os_failure(exc, rel) from None
+                except OSError as exc:
+                    raise _os_failure(exc, rel) from None
+        except OSError as exc:  # the spool file itself
+            raise restore_failed(f"reading the runner's list of folders failed: {exc.strerror}") from None
