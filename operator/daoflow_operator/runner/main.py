@@ -29,7 +29,7 @@ from .failures import FAILURES, SHIELD, RunnerFailure, exit_code, invalid_plan, 
 from .fetch import Decompress, Fetch, Progress, open_s3_artifact, open_volume_artifact
 from .plan import Artifact, Plan, PostgresTarget, S3Source, parse_plan
 from .postgres import count_user_objects, read_database_credentials, run_pg_restore, toc_entries
-from .report import Redactor, build_report, progress_line, render_report
+from .report import Redactor, build_report, escape, progress_line, render_report
 from .tarstream import TarStream
 from .unpack import Unpacker
 
@@ -65,9 +65,19 @@ class Output:
             self._stdout.flush()
 
     def log(self, text: str) -> None:
+        """One log line. Whatever the text holds, it stays one line: control characters
+        (archive names, a server's answer) are escaped after the secrets are masked."""
         with self._lock:
-            self._stderr.write(self.redact(f"daoflow-runner: {text}") + "\n")
+            self._stderr.write(escape(self.redact(f"daoflow-runner: {text}")) + "\n")
             self._stderr.flush()
+
+    def log_traceback(self, exc: BaseException) -> None:
+        """An unforeseen error's traceback, one log line per line of it. The frames come from
+        the runner's code; the exception's own text may carry names and is escaped whole."""
+        for chunk in traceback.format_tb(exc.__traceback__):
+            for line in chunk.rstrip("\n").split("\n"):
+                self.log(line)
+        self.log(f"{type(exc).__name__}: {exc}")
 
 
 class Ticker(threading.Thread):
@@ -377,13 +387,15 @@ def main(argv: list[str] | None = None, stdout=None, stderr=None) -> int:
             signals.armed = False
     except RunnerFailure as failure:
         reason, message = failure.reason, failure.message
-    except OSError as exc:  # a file operation outside the unpacker's own handling
+    except OSError as exc:  # a file operation outside the unpacker's and workspace's handling
         reason = "RestoreFailed"
-        message = f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": ")
-        out.log(traceback.format_exc())
+        message = exc.strerror or type(exc).__name__
+        if isinstance(exc.filename, (str, bytes)):
+            message += f": {members.show(os.fsdecode(exc.filename), 300)}"
+        out.log_traceback(exc)
     except Exception as exc:
         reason, message = "RestoreFailed", f"unexpected error: {type(exc).__name__}: {exc}"
-        out.log(traceback.format_exc())
+        out.log_traceback(exc)
     ticker.stop()
     signals.uninstall()
     if reason:

@@ -14,6 +14,7 @@ import stat
 from dataclasses import dataclass
 
 from .failures import corrupt, limit_exceeded, unsafe
+from .report import escape
 
 BLOCK = 512
 # Bounds for the headers that carry names: far above any real path (PATH_MAX is 4096).
@@ -72,13 +73,13 @@ class Member:
 
 
 def show(name: str, limit: int = 120) -> str:
-    """A member name made safe to print: control characters escaped, length bounded.
+    """A member name made safe to print: quoted, control characters escaped, length bounded.
 
     Member names come from the archive, so they may hold newlines or terminal escapes that
-    would otherwise forge log lines.
+    would otherwise forge log lines. A literal backslash is doubled, so that it cannot pass
+    for one of the escapes.
     """
-    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    text = escape(name.replace("\\", "\\\\"))
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return f"'{text}'"
