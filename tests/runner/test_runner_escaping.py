@@ -49,8 +49,9 @@ def escaped_hostile_is_in(message: str) -> None:
 CASES = {
     # refused by the member rules
     "dotdot": lambda: tar_bytes([(info("../" + HOSTILE), b"x")]),
-    # refused for length: the path in which the audit saw raw text in the report
+    # refused for length: the paths in which the audit saw raw text in the report
     "long-component": lambda: tar_bytes([(info(HOSTILE + "/" + "n" * 300), b"x")]),
+    "long-parent": lambda: tar_bytes([(info(HOSTILE + "n" * 300 + "/file"), b"x")]),
     # the raw byte 0x9b, not UTF-8 (kept by surrogateescape), in a GNU long name
     "raw-bytes": lambda: (raw_header(b"././@LongLink", typeflag=b"L", size=12)
                           + pad(b"../a\n\x9b\x1b[2J\x7f\x00") + raw_header(b"x", size=0)
@@ -63,8 +64,8 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_control_characters_in_names_are_escaped_everywhere(case, tmp_path):
     run = restore(tmp_path, CASES[case]())
-    assert run.report["reason"] == "UnsafeArchive", run.output
     assert_no_raw_controls(run)
+    assert run.report["reason"] == "UnsafeArchive", run.output
     message = run.report["message"]
     if case == "raw-bytes":
         assert "\\n\\x9b\\x1b[2J\\x7f" in message, message
@@ -93,9 +94,9 @@ def test_an_unexpected_error_carrying_a_name_is_escaped(tmp_path, monkeypatch):
 
     monkeypatch.setattr(unpack.Unpacker, "write_file", broken)
     run = restore(tmp_path, tar_bytes([(info(HOSTILE), b"x")]))
+    assert_no_raw_controls(run)
     assert run.report["reason"] == "RestoreFailed", run.output
     escaped_hostile_is_in(run.report["message"])
-    assert_no_raw_controls(run)
     assert "ValueError" in run.stderr
 
 
@@ -107,9 +108,9 @@ def test_an_os_error_outside_the_unpacker_is_escaped(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner_main, "execute", broken)
     run = restore(tmp_path, tar_bytes([(info("a"), b"x")]))
+    assert_no_raw_controls(run)
     assert run.report["reason"] == "RestoreFailed"
     escaped_hostile_is_in(run.report["message"])
-    assert_no_raw_controls(run)
 
 
 def test_the_escaping_function():
