@@ -243,3 +243,10 @@ def test_tarfile_archives_end_with_zero_padding_only():
             ti.size = 3
             tf.addfile(ti, io.BytesIO(b"abc"))
         assert stream_members(buf.getvalue()) == [("x", m.REGULAR, b"abc")]
+
+
+def test_an_extended_header_right_before_the_end_is_corrupt():
+    data = gnu_longname(b"a" * 120) + END_OF_ARCHIVE
+    with pytest.raises(Exception) as exc:
+        stream_members(data)
+    assert getattr(exc.value, "reason", None) == "CorruptArchive"

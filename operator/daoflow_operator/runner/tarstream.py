@@ -110,6 +110,9 @@ class TarStream:
             if not block:
                 raise corrupt("archive ends without an end-of-archive marker")
             if m.is_zero_block(block):
+                if pax or long_name is not None or long_link is not None:
+                    raise corrupt("an extended header is followed by the end of the archive, "
+                                  "not by the member it describes")
                 # One zero block ends the archive, as GNU tar treats it. The rest of the stream
                 # (the second zero block, record padding) must be zeros: see `finish`.
                 self.ended = True
