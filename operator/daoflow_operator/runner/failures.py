@@ -13,7 +13,8 @@ FAILURES: dict[str, tuple[int, str]] = {
     "InvalidPlan": (2, "the plan file is missing, unreadable or invalid"),
     "FetchFailed": (3, "the artifact could not be read from the destination"),
     "ChecksumMismatch": (4, "the artifact's sha256 or size differs from the pinned one"),
-    "UnsafeArchive": (5, "a member would escape the target or is of a refused kind, or data follows the end-of-archive marker"),
+    "UnsafeArchive": (5, "a member would escape the target or is of a refused kind, or data "
+                         "follows the end-of-archive marker"),
     "TargetNotEmpty": (6, "existingData is FailIfNotEmpty and the target holds data"),
     "LimitExceeded": (7, "the archive has more members or bytes than the limits allow"),
     "RestoreFailed": (8, "writing into the target or pg_restore failed"),

@@ -240,4 +240,6 @@ class Unpacker:
                 except OSError as exc:
                     raise _os_failure(exc, rel) from None
         except OSError as exc:  # the spool file itself
-            raise restore_failed(f"reading the runner's list of folders failed: {exc.strerror}") from None
+            raise restore_failed(
+                f"reading the runner's list of folders failed: {exc.strerror}"
+            ) from None
