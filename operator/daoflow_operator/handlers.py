@@ -131,7 +131,15 @@ def observe_target(kube: Kube, restore: dict, target_key: str) -> targets.Holder
     if judged.state in ("free", "stale"):
         pods_on_target = kube.target_pods(namespace, targets.target_hash(target_key))
         judged = targets.judge(target_key, restore, lease, holder, pods_on_target)
+        if judged.pod_running and _version(kube.get_lease(namespace, targets.lease_name(target_key))) != _version(lease):
+            # The pod is that of a restore which took the target between the two reads (another
+            # worker, or another replica): not one that ended. Read everything again.
+            raise Conflict(f"the target {target_key} was taken while it was read")
     return judged
+
+
+def _version(obj: dict | None) -> str | None:
+    return (obj or {}).get("metadata", {}).get("resourceVersion")
 
 
 def _owned(job: dict, restore: dict) -> bool:

@@ -113,13 +113,40 @@ async def test_a_pod_of_an_ended_restore_that_still_runs_on_the_target_keeps_it_
     operator = operator_for(k8s)
 
     assert await operator.process(("ns", "r2")) == operator.config.pod_start_poll_seconds
+    # The Lease is read once more: still none, so the pod is not that of a restore that just took it.
     assert requests(k8s) == first_pass("r2") + [
-        ("GET", "/api/v1/namespaces/ns/pods"), ("PATCH", f"{BASE}/backuprestores/r2/status"),
+        ("GET", "/api/v1/namespaces/ns/pods"), ("GET", LEASE_PATH), ("PATCH", f"{BASE}/backuprestores/r2/status"),
         ("POST", "/api/v1/namespaces/ns/events"), ("POST", "/api/v1/namespaces/ns/events")]
     assert condition("r2", k8s, "Ready")["message"] == (
         "PersistentVolumeClaim data is still written by pod r1-restore-abcde of BackupRestore r1, which has ended; "
         "this restore starts when that pod is gone")
     assert not list(k8s[JOBS])
+
+
+@pytest.mark.kmock(cls=FaultAwareEmulator)
+async def test_a_pod_of_a_restore_that_took_the_target_between_two_reads_is_not_taken_for_one_that_ended(k8s):
+    # r2 reads no Lease; r1 takes the target and its pod starts; then r2 lists the target's pods.
+    not_yet = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 404, "reason": "NotFound",
+               "message": "injected"}
+    k8s["fetch", kmock.resource(LEASES)][:1] << 404 << not_yet
+    k8s.objects[LEASES, "ns", LEASE_NAME] = lease("r1")
+    k8s.objects[RESTORES, "ns", "r1"] = {**restore("r1"), "status": {"phase": "Queued", "jobRef": {"name": "r1-restore"}}}
+    k8s.objects[PODS, "ns", "r1-restore-abcde"] = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "r1-restore-abcde", "namespace": "ns",
+                     "labels": {"backup.daoflow.dev/target": targets.target_hash("pvc/data"),
+                                "backup.daoflow.dev/restore": "r1", "backup.daoflow.dev/restore-uid": "uid-r1"}},
+        "spec": {"containers": [{"name": "runner", "image": "runner:test"}]}, "status": {"phase": "Pending"}}
+    k8s.objects[RESTORES, "ns", "r2"] = restore("r2")
+
+    await operator_for(k8s).process(("ns", "r2"))
+
+    # The second read of the Lease tells: the pass runs again and waits for r1 as the holder.
+    assert requests(k8s) == first_pass("r2") + [("GET", "/api/v1/namespaces/ns/pods"), ("GET", LEASE_PATH)] + \
+        first_pass("r2") + [("GET", f"{BASE}/backuprestores/r1"), ("PATCH", f"{BASE}/backuprestores/r2/status"),
+                            ("POST", "/api/v1/namespaces/ns/events"), ("POST", "/api/v1/namespaces/ns/events")]
+    assert condition("r2", k8s, "Ready")["message"] == (
+        "PersistentVolumeClaim data is being restored by BackupRestore r1; this restore starts when that one ends")
 
 
 @pytest.mark.kmock(cls=FaultAwareEmulator)
