@@ -89,7 +89,8 @@ def test_two_restores_into_one_target_applied_together_never_run_together(cluste
     assert sorted(spans) == names
     assert spans[holder][1] <= spans[waiter][0], f"the two restores overlapped: {spans}"
     assert_waited_for(cluster, namespace, waiter, holder)
-    assert lease_holders(cluster, namespace) == []  # both let go of the target at their end
+    # Both let go of the target at their end (right after their final status).
+    wait_until(lambda: lease_holders(cluster, namespace) == [], timeout=10, what="the target's Lease to be deleted")
 
 
 def test_two_restores_into_different_targets_run_in_parallel(cluster, namespace, start_operator):
