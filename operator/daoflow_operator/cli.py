@@ -4,21 +4,23 @@
     daoflow backup restore --backup-run-id NAME --dry-run [--json]
     daoflow backup restore --backup-run-id NAME --yes [--wait]
 
-A dry run reads the BackupRun, its destination and the target claim and prints the
-plan computed by the same function the operator uses; it writes nothing. A real restore creates a
+A dry run reads the BackupRun, its destination and the target claim, asks whether you may restore
+into the target (a SelfSubjectAccessReview), and prints the plan computed by the same function the
+operator uses; it writes nothing. A real restore creates a
 BackupRestore, and the operator does the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from typing import Any
 
-from . import planning
+from . import access, planning
 from .api import models
 
 EXIT_OK = 0
@@ -119,6 +121,42 @@ def _claim(client, namespace: str, name: str) -> dict | planning.Unreadable | No
     return {"metadata": claim.get("metadata") or {}, "status": claim.get("status") or {}}
 
 
+def _create_review(client, group: str, plural: str, body: dict) -> dict:
+    """POSTs a review (SelfSubjectReview, SelfSubjectAccessReview) and returns the API server's answer."""
+    import kubernetes
+
+    api = kubernetes.client.CustomObjectsApi(client)
+    response = _api_call(lambda: api.create_cluster_custom_object(group, "v1", plural, body, _preload_content=False),
+                         f"creating a {body['kind']}")
+    try:
+        return json.loads(response.data)
+    except ValueError:
+        raise CliError(f"creating a {body['kind']}: the API server's answer is not JSON", EXIT_API_ERROR)
+
+
+def _authorization(client, question: access.Review) -> planning.Authorization:
+    """Whether you may restore into the target: the same check as the operator's, for your own user.
+
+    Needs no rights: every authenticated user may ask about themselves. When the question fails,
+    the check says `unknown` and the preview goes on.
+    """
+    try:
+        me = _create_review(client, "authentication.k8s.io", "selfsubjectreviews",
+                            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        question = dataclasses.replace(
+            question, caller=((me.get("status") or {}).get("userInfo") or {}).get("username") or "")
+    except CliError:
+        pass  # the check then names "you"
+    try:
+        answer = _create_review(client, "authorization.k8s.io", "selfsubjectaccessreviews", access.sar_body(question))
+    except CliError as exc:
+        return access.could_not_ask(question, str(exc))
+    parsed = access.parse_answer(answer)
+    if parsed is None:
+        return access.could_not_ask(question, "the API server gave no answer")
+    return access.judge(question, parsed)
+
+
 def restore_spec(args) -> models.BackupRestoreSpec:
     target = None
     if args.target_pvc:
@@ -146,7 +184,9 @@ def compute_plan(client, namespace: str, spec: models.BackupRestoreSpec) -> plan
                 raise
     claim_name = planning.target_claim_name(spec, run)
     target_claim = _claim(client, namespace, claim_name) if claim_name else planning.NOT_READ
-    return planning.plan(namespace, spec, run, destination, target_claim)
+    question = access.review(namespace, planning.planned_target(spec, run).dump())
+    authorization = _authorization(client, question) if question is not None else None
+    return planning.plan(namespace, spec, run, destination, target_claim, authorization)
 
 
 def print_plan(result: planning.PlanResult, out) -> None:
@@ -188,7 +228,10 @@ def cmd_restore(args) -> int:
             sys.stdout.write("\n")
         else:
             print_plan(result, sys.stdout)
-        return EXIT_OK if result.verdict.outcome != "reject" else EXIT_RESTORE_FAILED
+        # As the operator's dry run: Rejected (1) when the plan is bad; Planned (0), with the failed
+        # check and isReady false, when only you may not restore into the target.
+        refused = result.verdict.outcome == "reject" and result.verdict.reason != planning.TARGET_NOT_AUTHORIZED
+        return EXIT_RESTORE_FAILED if refused else EXIT_OK
     if not args.yes:
         result = compute_plan(client, namespace, spec)
         print_plan(result, sys.stderr)

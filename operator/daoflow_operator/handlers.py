@@ -8,6 +8,8 @@ the world, asks `status.decide()` what follows, and writes it:
                                  holds the target (its Lease), or the Job and (until its runner
                                  runs, or once it ended) its pods
                                  -> planning.plan / status.decide (pure)
+                                 -> once, before the Job: may the requester restore into the target?
+                                    (a SubjectAccessReview), then status.decide again
                                  -> take the target's Lease (AlreadyExists = read again)
                                  -> create the Job (AlreadyExists = adopt)
                                  -> patch status, only if it changed
@@ -30,7 +32,7 @@ from typing import Awaitable, Callable
 
 import kopf
 
-from . import jobs, planning, pods, status as status_, targets
+from . import access, jobs, planning, pods, status as status_, targets
 from .api import models
 from .config import Config
 from .kube import Conflict, Kube, api_client_from_env
@@ -93,8 +95,15 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
                 elif (pod_uid := pods.events_needed(observed.pods)) is not None:
                     observed.pod_events = kube.pod_events(namespace, pod_uid)
 
-    decision = status_.decide(restore, observed, now(), unschedulable_timeout=config.unschedulable_timeout_seconds,
+    at = now()
+    decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
                               poll_interval=config.pod_start_poll_seconds)
+    if decision.review is not None:
+        # Once, right before the Job would be created (or a dry run's plan is done): may the
+        # requester restore into the target? Then decide again, with the answer.
+        observed.authorization = authorize(kube, restore, decision.review)
+        decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
+                                  poll_interval=config.pod_start_poll_seconds)
     if decision.acquire is not None and decision.acquire.state != "ours":
         # Before the Job: a Job exists only while its restore holds the target. A crash right after
         # this leaves the Lease with this restore, and the next pass finds it "ours".
@@ -118,6 +127,14 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
         # the Lease over from the ended holder.
         kube.release_lease(namespace, targets.lease_name(decision.release_target), restore["metadata"]["uid"])
     return decision
+
+
+def authorize(kube: Kube, restore: dict, question: access.Review) -> planning.Authorization:
+    """The requester's rights on the target: a SubjectAccessReview, if the requester is the API server's word."""
+    problem = access.untrusted(restore, kube.requester_policies())
+    if problem is not None:
+        return access.nobody(question, problem)
+    return access.judge(question, kube.review_access(question))
 
 
 def observe_target(kube: Kube, restore: dict, target_key: str) -> targets.Holder:

@@ -6,6 +6,8 @@
   caller reads it again and decides anew (see handlers.reconcile).
 - Secrets are never read: the runner mounts them; the operator only names them.
 - Of a PersistentVolumeClaim, only its metadata and status are kept.
+- A SubjectAccessReview asks whether a restore's requester may restore into its target, after the
+  admission policies that record the requester are read (by name; a 404 is an answer: not installed).
 - A target's Lease is created, taken over (a merge patch conditional on its resourceVersion) and deleted
   (conditional on its uid and resourceVersion): a 409 on a take means another restore was
   quicker, and the caller reads again.
@@ -13,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -23,7 +26,7 @@ from typing import Callable, TypeVar
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from . import planning, targets
+from . import access, planning, targets
 from .api import models
 
 log = logging.getLogger(__name__)
@@ -161,6 +164,28 @@ class Kube:
             return False
         log.info("Lease %s/%s released by %s", namespace, name, "/".join(identity))
         return True
+
+    def requester_policies(self) -> dict[str, dict | None]:
+        """The admission policies and bindings that record a restore's requester (access.RECORDING_POLICIES),
+        by resource; None for one that does not exist."""
+        return {resource: self._get_or_none(
+                    lambda: self.custom.get_cluster_custom_object("admissionregistration.k8s.io", "v1", resource, name),
+                    f"get {resource} {name}")
+                for resource, name in access.RECORDING_POLICIES}
+
+    def review_access(self, question: access.Review) -> access.Answer:
+        """The API server's answer to a SubjectAccessReview of the requester's rights on the target."""
+        response = self._retry(
+            lambda: self.custom.create_cluster_custom_object("authorization.k8s.io", "v1", "subjectaccessreviews",
+                                                             access.sar_body(question), _preload_content=False),
+            f"review access of {question.who} to {question.resource}/{question.name} in {question.namespace}")
+        try:
+            answer = access.parse_answer(json.loads(response.data))
+        except ValueError:
+            answer = None
+        if answer is None:  # no answer is not a no: the pass fails and is retried
+            raise RuntimeError(f"the SubjectAccessReview of {question.who} got no answer from the API server")
+        return answer
 
     def target_pods(self, namespace: str, target_label: str) -> list[dict]:
         """The restore pods that write into one target (labelled with its hash)."""

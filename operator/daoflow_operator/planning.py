@@ -28,6 +28,7 @@ DESTINATION_NOT_FOUND = "DestinationNotFound"
 DESTINATION_INVALID = "DestinationInvalid"
 TARGET_INVALID = "TargetInvalid"
 TARGET_NOT_FOUND = "TargetNotFound"
+TARGET_NOT_AUTHORIZED = "TargetNotAuthorized"
 PLAN_DRIFTED = "PlanDrifted"
 
 PVC_LOCATION = "pvc://"
@@ -42,6 +43,17 @@ class Unreadable:
 
 # What a caller passes for the target claim when it did not read it.
 NOT_READ = Unreadable("the PersistentVolumeClaim was not read")
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """Whether the user who asked may `restore` into the target, as the API server answered (see access.py).
+
+    `ok`, `fail` (refused, or nobody to ask) or `unknown` (not asked yet, or the question failed).
+    """
+
+    status: Literal["ok", "fail", "unknown"]
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -162,12 +174,20 @@ def execute_command(namespace: str, run_name: str, spec: models.BackupRestoreSpe
     return shlex.join(args)
 
 
+def ready_message(run_name: str) -> str:
+    return f"BackupRun {run_name} and its artifact are ready to restore"
+
+
 def plan(namespace: str, spec: models.BackupRestoreSpec, run: dict | None,
-         destination: dict | None, target_claim: dict | Unreadable | None = NOT_READ) -> PlanResult:
+         destination: dict | None, target_claim: dict | Unreadable | None = NOT_READ,
+         authorization: Authorization | None = None) -> PlanResult:
     """Validate the restore's inputs and compute its plan. Pure: no I/O, no clock.
 
     `target_claim` is the target PersistentVolumeClaim as read (None: it does not exist;
     `Unreadable`: it could not be read, and the check says `unknown` without blocking).
+    `authorization` is whether the user who asked may restore into the target (the check
+    `targetAuthorized`; None leaves it out). `fail` makes the verdict TargetNotAuthorized once
+    nothing else fails or waits; `unknown` does not block.
     """
     run_name = spec.backup_run_ref.name
     pinned_run = models.PinnedBackupRun(
@@ -265,6 +285,9 @@ def plan(namespace: str, spec: models.BackupRestoreSpec, run: dict | None,
                     fail("targetClaim", TARGET_NOT_FOUND, detail)
                 else:
                     checks.append(_check("targetClaim", claim_status, detail))
+            if authorization is not None:
+                # Not part of the hash either: who asks is not what the restore would do.
+                checks.append(_check("targetAuthorized", authorization.status, authorization.detail))
         checks.append({
             "FailIfNotEmpty": _check("existingData", "ok", "the restore fails if the target already holds data"),
             "Replace": _check("existingData", "warn",
@@ -286,8 +309,11 @@ def plan(namespace: str, spec: models.BackupRestoreSpec, run: dict | None,
         "destination": _get(destination, "spec"),
         "target": target.dump(),
     })
-    is_ready = not waits and not rejects
-    steps = _steps(run_name, artifact, target, location) if is_ready else []
+    complete = not waits and not rejects
+    denied = complete and succeeded and authorization is not None and authorization.status == "fail"
+    is_ready = complete and not denied
+    # The steps are what the restore would do, shown even to a user who may not run it.
+    steps = _steps(run_name, artifact, target, location) if complete else []
     restore_plan = models.RestorePlan(
         is_ready=is_ready, plan_hash=digest, backup_run=pinned_run, artifact=artifact, target=target,
         preflight_checks=checks, steps=steps,
@@ -299,11 +325,13 @@ def plan(namespace: str, spec: models.BackupRestoreSpec, run: dict | None,
         verdict = rejects[0]
     elif waits:
         verdict = waits[0]
+    elif denied:
+        verdict = Verdict("reject", TARGET_NOT_AUTHORIZED, authorization.detail)
     elif spec.expected_plan_hash and spec.expected_plan_hash != digest:
         verdict = Verdict("reject", PLAN_DRIFTED,
                           f"today's plan {digest[:12]} differs from the previewed plan {spec.expected_plan_hash[:12]}")
     else:
-        verdict = Verdict("ready", "Validated", f"BackupRun {run_name} and its artifact are ready to restore")
+        verdict = Verdict("ready", "Validated", ready_message(run_name))
     return PlanResult(verdict=verdict, plan=restore_plan)
 
 

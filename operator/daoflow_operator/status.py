@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import planning, pods as pods_, targets
+from . import access, planning, pods as pods_, targets
 from .api import models
 
 AUDIT_LIMIT = 64
 # Written at admission by the MutatingAdmissionPolicy in manifests/scopes.yaml.
-REQUESTED_BY = "backup.daoflow.dev/requested-by"
+REQUESTED_BY = access.REQUESTED_BY
 
 # Condition types.
 VALIDATED = "Validated"
@@ -64,6 +64,9 @@ class Observation:
     # Who holds the target, read before the Job exists for a real restore whose BackupRun succeeded
     # (None: not read).
     target: targets.Holder | None = None
+    # Whether the requester may restore into the target, asked once when the Decision says `review`
+    # (None: not asked).
+    authorization: planning.Authorization | None = None
 
 
 @dataclass
@@ -83,6 +86,9 @@ class Decision:
     release_target: str | None = None  # the restore ended: let go of this target, if it still holds it
     delete_job: bool = False  # the Job's pod cannot start: delete the Job (after the status is written)
     requeue_after: float | None = None  # the pod has not started: look again after this many seconds
+    # Ask the API server whether the requester may restore into the target, then decide again with
+    # the answer in Observation.authorization. Nothing else of this decision is to be carried out.
+    review: access.Review | None = None
 
 
 def fmt_time(now: datetime) -> str:
@@ -244,13 +250,21 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         if not spec.dry_run and held:
             decision.release_target = targets.key((status.get("plan") or {}).get("target"))
 
-    requester = ((restore.get("metadata") or {}).get("annotations") or {}).get(REQUESTED_BY)
+    requester = access.requester(restore)
     if requester and not status.get("requestedBy"):
-        status["requestedBy"] = requester
+        status["requestedBy"] = requester.user
     by = f" requested by {status['requestedBy']}" if status.get("requestedBy") else ""
 
     if not status.get("jobRef"):
-        result = planning.plan(namespace, spec, observed.run, observed.destination, observed.target_claim)
+        # May the requester restore into the target? Asked once, when nothing else stands in the way;
+        # until then the check says so, unchanged, and without a recorded requester it fails.
+        question = access.review(namespace, planning.planned_target(spec, observed.run).dump(), requester)
+        authorization = observed.authorization
+        if authorization is None and question is not None:
+            authorization = access.not_asked(question) if requester else access.unknown_requester(question)
+        ask = observed.authorization is None and question is not None and requester is not None
+        result = planning.plan(namespace, spec, observed.run, observed.destination, observed.target_claim,
+                               authorization)
         verdict = result.verdict
         status["plan"] = result.plan.dump()
         if verdict.outcome == "wait":
@@ -260,7 +274,7 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                 events.append(Event("Warning", verdict.reason, verdict.message + "; retrying with backoff"))
             set_condition(status, READY, "False", verdict.reason, verdict.message, generation, now)
             decision.wait = verdict
-        elif verdict.outcome == "reject":
+        elif verdict.outcome == "reject" and not (spec.dry_run and verdict.reason == planning.TARGET_NOT_AUTHORIZED):
             drifted = verdict.reason == planning.PLAN_DRIFTED
             set_condition(status, VALIDATED, "True" if drifted else "False", verdict.reason, verdict.message,
                           generation, now)
@@ -271,13 +285,21 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
             events.append(Event("Warning", verdict.reason, verdict.message))
             finish()
         elif spec.dry_run:
-            set_condition(status, VALIDATED, "True", "Validated", verdict.message, generation, now)
+            if ask:
+                return Decision(status=old, review=question)
+            # A preview is for the user who asked: one who may not restore into the target still gets
+            # the plan, Planned, with the failed check and isReady false (TargetNotAuthorized is for real restores).
+            digest = result.plan.plan_hash[:12]
+            refused = f"; a real restore would be refused: {verdict.message}" if verdict.outcome == "reject" else ""
+            validated = planning.ready_message(spec.backup_run_ref.name)
+            set_condition(status, VALIDATED, "True", "Validated", validated, generation, now)
             set_condition(status, READY, "True", "Planned",
-                          f"plan {result.plan.plan_hash[:12]} is ready; no Job was created (dry run)", generation, now)
-            audit(status, now, "validate", "ok", verdict.message)
-            audit(status, now, "preview", "ok",
-                  f"plan {result.plan.plan_hash[:12]} computed{by}; dry run, nothing queued")
-            events.append(Event("Normal", "Planned", f"dry run: plan {result.plan.plan_hash[:12]} written to status"))
+                          f"plan {digest} {'computed' if refused else 'is ready'}; no Job was created (dry run)"
+                          + refused, generation, now)
+            audit(status, now, "validate", "ok", validated)
+            audit(status, now, "preview", "ok", f"plan {digest} computed{by}; dry run, nothing queued{refused}")
+            events.append(Event("Normal", "Planned", f"dry run: plan {digest} written to status"
+                                + (f"; a real restore would be refused ({verdict.reason})" if refused else "")))
             finish()
         else:
             from .jobs import job_name  # the Job's fixed name is part of the record
@@ -307,14 +329,16 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                 status["observedGeneration"] = generation
                 status["phase"] = derive_phase(status)
                 return decision
+            if ask:
+                return Decision(status=old, review=question)  # right before the Job: then decide again
             name = job_name(restore["metadata"]["name"])
             set_condition(status, STARTED, "True", JOB_CREATED, f"Job {name} created", generation, now)
             set_condition(status, READY, "False", "Queued", f"Job {name} created; waiting for its pod to start",
                           generation, now)
             status["jobRef"] = {"name": name}
             status["startTime"] = fmt_time(now)
-            audit(status, now, "queue", "ok", f"restore request{by} recorded; {targets.describe(target.key)} "
-                                              f"taken; Job {name} created")
+            audit(status, now, "queue", "ok", f"restore request{by} recorded; {authorization.detail}; "
+                                              f"{targets.describe(target.key)} taken; Job {name} created")
             events.append(Event("Normal", "Queued", f"created Job {name} for plan {result.plan.plan_hash[:12]}"))
             decision.acquire = target
             decision.create_job = True

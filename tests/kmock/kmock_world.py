@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import kubernetes
 
-from daoflow_operator import handlers
+from daoflow_operator import access, handlers
 from daoflow_operator.config import Config
 from daoflow_operator.kube import Kube
 
@@ -19,8 +19,18 @@ LEASES = "coordination.k8s.io/v1/leases"
 SHA = "c" * 64
 
 
-def declare(kmock) -> None:
-    """The kinds, with the verbs the operator uses, and a Succeeded BackupRun with its destination."""
+SARS = "authorization.k8s.io/v1/subjectaccessreviews"
+POLICY_CREATED = "2026-11-01T00:00:00Z"
+# What a pass that is about to create a Job (or finish a dry run) asks: are the requester's
+# annotations the API server's word, and may the requester restore into the target?
+REVIEW = [("GET", f"/apis/admissionregistration.k8s.io/v1/{resource}/{name}") for resource, name in
+          access.RECORDING_POLICIES] + [("POST", f"/apis/{SARS}")]
+
+
+def declare(kmock, refused: tuple[str, ...] = ()) -> None:
+    """The kinds, with the verbs the operator uses, and a Succeeded BackupRun with its destination.
+
+    The requester policies are installed, and SubjectAccessReviews allow every user but the `refused`."""
     for res, kind in ((RESTORES, "BackupRestore"), (RUNS, "BackupRun"), (DESTINATIONS, "BackupDestination")):
         kmock.resources[res] = {"kind": kind, "namespaced": True, "verbs": ["get", "list", "watch", "patch", "create"],
                                 "subresources": ["status"]}
@@ -29,6 +39,19 @@ def declare(kmock) -> None:
     kmock.resources[PODS] = {"kind": "Pod", "namespaced": True, "verbs": ["get", "list"]}
     kmock.resources[CLAIMS] = {"kind": "PersistentVolumeClaim", "namespaced": True, "verbs": ["get"]}
     kmock.resources[LEASES] = {"kind": "Lease", "namespaced": True, "verbs": ["get", "create", "update", "delete"]}
+    for resource, name in access.RECORDING_POLICIES:
+        kmock.resources[f"admissionregistration.k8s.io/v1/{resource}"] = {
+            "kind": resource, "namespaced": False, "verbs": ["get"]}
+        kmock.objects[f"admissionregistration.k8s.io/v1/{resource}", None, name] = {
+            "metadata": {"name": name, "creationTimestamp": POLICY_CREATED}}
+    kmock.resources[SARS] = {"kind": "SubjectAccessReview", "namespaced": False, "verbs": ["create"]}
+
+    def answer(request):
+        del kmock.objects[SARS, None, None]  # not stored, as on a real API server
+        return {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": request.data["spec"],
+                "status": {"allowed": request.data["spec"].get("user") not in refused}}
+
+    (kmock ** -1)["post", kmock.resource(SARS)] << 201 << answer  # below the faults a test may add
     kmock.objects[CLAIMS, "ns", "data"] = {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": "data", "namespace": "ns", "uid": "uid-data"},
@@ -53,7 +76,9 @@ def declare(kmock) -> None:
 def restore(name: str = "r1") -> dict:
     return {
         "apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupRestore",
-        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1, "resourceVersion": "5"},
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1, "resourceVersion": "5",
+                     "creationTimestamp": "2026-11-27T11:00:00Z",
+                     "annotations": {access.REQUESTED_BY: "alice", access.REQUESTED_BY_GROUPS: '["system:authenticated"]'}},
         "spec": {"backupRunRef": {"name": "nightly"}},
     }
 

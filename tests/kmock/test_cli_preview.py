@@ -1,4 +1,6 @@
-"""The CLI's preview reads the target claim too; without access to it, the check is unknown, not a crash."""
+"""The CLI's preview reads the target claim too; without access to it, the check is unknown, not a crash.
+
+It asks whether its own user may restore into the target (a SelfSubjectAccessReview), and says so."""
 
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def target_check(result) -> dict:
 async def test_the_preview_checks_the_target_claim(k8s):
     result = await preview(k8s)
     assert target_check(result) == {"name": "targetClaim", "status": "ok", "detail": "PersistentVolumeClaim data is Bound"}
-    assert [r.url.path for r in k8s][-1] == "/api/v1/namespaces/ns/persistentvolumeclaims/data"
+    assert "/api/v1/namespaces/ns/persistentvolumeclaims/data" in [r.url.path for r in k8s]
 
 
 async def test_a_preview_into_a_missing_claim_is_rejected(k8s):
@@ -56,3 +58,53 @@ async def test_a_preview_without_access_to_the_claim_says_unknown(k8s):
     assert check["detail"].startswith("PersistentVolumeClaim data: not checked: your credentials cannot read it")
     assert "forbidden" in check["detail"]
     assert result.verdict.outcome == "ready" and result.plan.is_ready
+
+
+def answer_for(k8s, allowed: bool, username: str | None = "alice") -> None:
+    for plural, kind in (("selfsubjectreviews", "SelfSubjectReview"), ("selfsubjectaccessreviews",
+                                                                        "SelfSubjectAccessReview")):
+        group = "authentication.k8s.io" if plural == "selfsubjectreviews" else "authorization.k8s.io"
+        k8s.resources[f"{group}/v1/{plural}"] = {"kind": kind, "namespaced": False, "verbs": ["create"]}
+    if username:
+        k8s["post", kmock.resource("authentication.k8s.io/v1/selfsubjectreviews")] << 201 << {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+            "status": {"userInfo": {"username": username, "groups": ["system:authenticated"]}}}
+    k8s["post", kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreviews")] << 201 << {
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "status": {"allowed": allowed}}
+
+
+def authorized_check(result) -> dict:
+    return next(c.dump() for c in result.plan.preflight_checks if c.name == "targetAuthorized")
+
+
+async def test_the_preview_says_whether_its_user_may_restore_into_the_target(k8s):
+    answer_for(k8s, allowed=True)
+    result = await preview(k8s)
+    assert authorized_check(result) == {
+        "name": "targetAuthorized", "status": "ok",
+        "detail": "alice may restore into PersistentVolumeClaim data (the verb restore on persistentvolumeclaims/data "
+                  "in namespace ns)"}
+    asked = next(r for r in k8s if r.url.path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
+    assert asked.data["spec"] == {"resourceAttributes": {"namespace": "ns", "verb": "restore", "group": "",
+                                                         "resource": "persistentvolumeclaims", "name": "data"}}
+
+
+async def test_a_preview_of_a_user_who_may_not_restore_shows_the_failed_check(k8s):
+    answer_for(k8s, allowed=False, username=None)  # an API server without SelfSubjectReview: "you"
+    result = await preview(k8s)
+    assert (result.verdict.outcome, result.verdict.reason) == ("reject", "TargetNotAuthorized")
+    assert authorized_check(result) == {
+        "name": "targetAuthorized", "status": "fail",
+        "detail": "you may not restore into PersistentVolumeClaim data: that needs the verb restore on "
+                  "persistentvolumeclaims/data in namespace ns (the scope backup:restore)"}
+    assert not result.plan.is_ready and len(result.plan.steps) == 6
+
+
+async def test_a_preview_whose_question_fails_says_unknown(k8s):
+    k8s["post", kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreviews")] << 500 << {
+        "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500, "message": "boom"}
+    result = await preview(k8s)
+    check = authorized_check(result)
+    assert check["status"] == "unknown" and check["detail"].startswith(
+        "could not check whether you may restore into PersistentVolumeClaim data: ")
+    assert result.verdict.outcome == "ready"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from daoflow_operator import targets
-from kmock_world import CLAIMS, JOBS, PODS, RESTORES, declare, operator_for, restore
+from kmock_world import CLAIMS, JOBS, PODS, RESTORES, REVIEW, declare, operator_for, restore
 
 SHA = "c" * 64
 BASE = "/apis/backup.daoflow.dev/v1alpha1/namespaces/ns"
@@ -29,7 +29,7 @@ def queued_status(**ready) -> dict:
     """The status of a restore whose Job was created, as the first pass writes it."""
     return {
         "phase": "Queued", "jobRef": {"name": "r1-restore"}, "startTime": "2026-11-27T12:00:00Z",
-        "observedGeneration": 1,
+        "observedGeneration": 1, "requestedBy": "alice",
         "plan": {"artifact": {"location": "pvc://backups/a.tar.zst", "sha256": SHA},
                  "target": {"type": "volume", "persistentVolumeClaim": {"claimName": "data"}}},
         "conditions": [
@@ -87,12 +87,18 @@ async def test_the_first_pass_reads_the_target_claim_before_it_creates_the_job(k
     assert await operator_for(k8s).process(("ns", "r1")) is None
     assert requests(k8s) == [
         RESTORE, ("GET", f"{BASE}/backupruns/nightly"), ("GET", f"{BASE}/backupdestinations/shared"),
-        ("GET", "/api/v1/namespaces/ns/persistentvolumeclaims/data"), LEASE, LIST_PODS, TAKE_LEASE,
+        ("GET", "/api/v1/namespaces/ns/persistentvolumeclaims/data"), LEASE, LIST_PODS, *REVIEW, TAKE_LEASE,
         ("POST", "/apis/batch/v1/namespaces/ns/jobs"), PATCH, EVENT, EVENT]
     # Before the Job, the target is taken: no Lease and no pod on the target, so a new Lease.
     assert list(k8s)[5].params["labelSelector"] == f"backup.daoflow.dev/target={targets.target_hash('pvc/data')}"
     status = k8s.objects[RESTORES, "ns", "r1"].raw["status"]
     assert {c["name"]: c["status"] for c in status["plan"]["preflightChecks"]}["targetClaim"] == "ok"
+    # Right before the Job: may alice, with her groups, restore into the claim?
+    assert list(k8s)[10].data["spec"] == {
+        "user": "alice", "groups": ["system:authenticated"],
+        "resourceAttributes": {"namespace": "ns", "verb": "restore", "group": "", "resource": "persistentvolumeclaims",
+                               "name": "data"}}
+    assert {c["name"]: c["status"] for c in status["plan"]["preflightChecks"]}["targetAuthorized"] == "ok"
 
 
 async def test_a_missing_target_claim_rejects_the_restore_and_creates_no_job(k8s):

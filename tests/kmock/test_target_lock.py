@@ -9,7 +9,7 @@ import pytest
 
 from daoflow_operator import targets
 from fault_aware import FaultAwareEmulator
-from kmock_world import JOBS, LEASES, PODS, RESTORES, SHA, declare, operator_for, restore
+from kmock_world import JOBS, LEASES, PODS, RESTORES, REVIEW, SHA, declare, operator_for, restore
 
 BASE = "/apis/backup.daoflow.dev/v1alpha1/namespaces/ns"
 LEASE_NAME = targets.lease_name("pvc/data")
@@ -86,17 +86,17 @@ async def test_the_target_of_a_restore_that_ended_is_taken_over_with_a_condition
     assert await operator_for(k8s).process(("ns", "r2")) is None
 
     assert requests(k8s) == first_pass("r2") + [
-        ("GET", f"{BASE}/backuprestores/r1"), ("GET", "/api/v1/namespaces/ns/pods"), ("PATCH", LEASE_PATH),
+        ("GET", f"{BASE}/backuprestores/r1"), ("GET", "/api/v1/namespaces/ns/pods"), *REVIEW, ("PATCH", LEASE_PATH),
         ("POST", "/apis/batch/v1/namespaces/ns/jobs"), ("PATCH", f"{BASE}/backuprestores/r2/status"),
         ("POST", "/api/v1/namespaces/ns/events"), ("POST", "/api/v1/namespaces/ns/events")]
-    take = list(k8s)[7]
+    take = list(k8s)[7 + len(REVIEW)]
     assert take.headers["Content-Type"] == "application/merge-patch+json"
     assert take.data["metadata"]["resourceVersion"] == "11"  # conditional: of two takers, one wins
     assert take.data["metadata"]["ownerReferences"] == [
         {"apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupRestore", "name": "r2", "uid": "uid-r2"}]
     assert take.data["spec"]["holderIdentity"] == "r2/uid-r2" and take.data["spec"]["leaseTransitions"] == 1
     assert k8s.objects[RESTORES, "ns", "r2"].raw["status"]["phase"] == "Queued"
-    job = list(k8s)[8].data
+    job = list(k8s)[8 + len(REVIEW)].data
     assert job["metadata"]["labels"]["backup.daoflow.dev/target"] == targets.target_hash("pvc/data")
 
 

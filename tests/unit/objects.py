@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daoflow_operator import targets
+from daoflow_operator import planning, targets
 
 SHA = "a" * 64
 
@@ -33,10 +33,16 @@ def pvc_destination(name="vol") -> dict:
             "spec": {"persistentVolumeClaim": {"claimName": "backups", "subPath": "nightly"}}}
 
 
+REQUESTER = {"backup.daoflow.dev/requested-by": "alice",
+             "backup.daoflow.dev/requested-by-groups": '["devs","system:authenticated"]'}
+
+
 def restore(name="r1", dry_run=False, **spec) -> dict:
+    """A BackupRestore as admission left it: alice's, recorded by the requester policy."""
     return {
         "apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupRestore",
-        "metadata": {"name": name, "namespace": "ns", "uid": "restore-uid", "generation": 1, "resourceVersion": "7"},
+        "metadata": {"name": name, "namespace": "ns", "uid": "restore-uid", "generation": 1, "resourceVersion": "7",
+                     "creationTimestamp": "2026-11-27T11:59:00Z", "annotations": dict(REQUESTER)},
         "spec": {"backupRunRef": {"name": "db-nightly"}, "dryRun": dry_run, **spec},
     }
 
@@ -81,3 +87,8 @@ def event(reason="FailedMount", message="", type_="Warning", pod_name="r1-restor
 def free(key="pvc/data") -> targets.Holder:
     """A target no other restore holds, as the shell judges it before the Job is created."""
     return targets.Holder("free", key)
+
+
+def allowed(detail="alice may restore into PersistentVolumeClaim data") -> planning.Authorization:
+    """The API server's yes to the requester's SubjectAccessReview of the target."""
+    return planning.Authorization("ok", detail)

@@ -7,7 +7,7 @@ import pytest
 from daoflow_operator import pods, status
 from daoflow_operator.status import Observation, decide
 
-from objects import claim, event, pod, pvc_destination, restore, run, s3_destination, free
+from objects import claim, event, pod, pvc_destination, restore, run, s3_destination, free, allowed
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)  # the pods' creation time
 POD = "r1-restore-x7k2p"
@@ -26,7 +26,7 @@ def active_job(**extra):
 def queued(the_run=None, destination=None, **spec):
     """A real restore whose Job was just created."""
     r = restore(**spec)
-    d = decide(r, Observation(run=the_run or run(), destination=destination or s3_destination(), target=free(),
+    d = decide(r, Observation(run=the_run or run(), destination=destination or s3_destination(), target=free(), authorization=allowed(),
                               target_claim=claim()), T0)
     assert d.create_job and d.status["phase"] == "Queued"
     return {**r, "status": d.status}
@@ -39,7 +39,7 @@ def observe(r, pod_list, events=(), at=T0 + timedelta(seconds=10), job=None, **k
 # -- the preflight check, before any Job ---------------------------------------------------
 
 def test_a_real_restore_into_a_missing_claim_is_rejected_without_a_job():
-    d = decide(restore(), Observation(run=run(), destination=s3_destination(), target_claim=None, target=free()), T0)
+    d = decide(restore(), Observation(run=run(), destination=s3_destination(), target_claim=None, target=free(), authorization=allowed()), T0)
     assert not d.create_job and "jobRef" not in d.status
     assert d.status["phase"] == "Rejected" and d.status["completionTime"]
     assert cond(d.status, "Validated") | {"status": "False", "reason": "TargetNotFound"} == cond(d.status, "Validated")
@@ -49,7 +49,7 @@ def test_a_real_restore_into_a_missing_claim_is_rejected_without_a_job():
 
 
 def test_a_dry_run_into_a_missing_claim_shows_the_failed_check_and_is_rejected():
-    d = decide(restore(dry_run=True), Observation(run=run(), destination=s3_destination(), target_claim=None, target=free()), T0)
+    d = decide(restore(dry_run=True), Observation(run=run(), destination=s3_destination(), target_claim=None, target=free(), authorization=allowed()), T0)
     assert d.status["phase"] == "Rejected" and not d.create_job
     check = next(c for c in d.status["plan"]["preflightChecks"] if c["name"] == "targetClaim")
     assert check == {"name": "targetClaim", "status": "fail", "detail": "PersistentVolumeClaim data does not exist"}

@@ -1,0 +1,189 @@
+"""Queue: may the user who asked restore into the target? Pure functions of what the shell read.
+
+The scope `backup:restore` is the verb `restore` on the BackupRun and on the target itself:
+`persistentvolumeclaims/<claim>` for a volume, `secrets/<name>` (the database's credentials) for
+PostgreSQL. Without the second, anyone who may restore one BackupRun could aim the operator's Job,
+which runs with the operator's rights, at any claim or database of the namespace.
+
+- Who asked is the API server's word: the MutatingAdmissionPolicy `daoflow-record-requester`
+  (manifests/scopes.yaml) writes the authenticated user name and groups into two annotations at
+  creation, and the ValidatingAdmissionPolicy `daoflow-requester-is-immutable` refuses any later
+  change of them. Where those policies are missing, or came after the restore, the annotations are
+  whatever the client wrote: the restore is refused, since nobody can be checked.
+- The question is asked once, right before the Job would be created (a dry run: when its plan is
+  done): a SubjectAccessReview for the requester. The CLI's preview asks for its own user, with a
+  SelfSubjectAccessReview.
+- An explicit `spec.target` is also checked at admission (the CEL `authorizer`); the operator checks
+  it again, so a cluster without the policies is safe too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from . import targets
+from .planning import Authorization
+
+# Written at admission by the MutatingAdmissionPolicy in manifests/scopes.yaml.
+REQUESTED_BY = "backup.daoflow.dev/requested-by"
+REQUESTED_BY_GROUPS = "backup.daoflow.dev/requested-by-groups"  # a JSON list of the user's groups
+VERB = "restore"
+
+# The admission policies and bindings that record the requester and keep it unchanged, as
+# (resource in admissionregistration.k8s.io/v1, name): the annotations are the API server's word
+# only where all of them exist, and existed before the restore.
+RECORDING_POLICIES = (
+    ("mutatingadmissionpolicies", "daoflow-record-requester"),
+    ("mutatingadmissionpolicybindings", "daoflow-record-requester"),
+    ("validatingadmissionpolicies", "daoflow-requester-is-immutable"),
+    ("validatingadmissionpolicybindings", "daoflow-requester-is-immutable"),
+)
+_KINDS = {"mutatingadmissionpolicies": "MutatingAdmissionPolicy",
+          "mutatingadmissionpolicybindings": "MutatingAdmissionPolicyBinding",
+          "validatingadmissionpolicies": "ValidatingAdmissionPolicy",
+          "validatingadmissionpolicybindings": "ValidatingAdmissionPolicyBinding"}
+
+
+@dataclass(frozen=True)
+class Requester:
+    user: str
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Review:
+    """The question: may `requester` (None: the caller itself) `restore` on `resource/name` in `namespace`?"""
+
+    namespace: str
+    resource: str  # persistentvolumeclaims or secrets, of the core group
+    name: str
+    target_key: str
+    requester: Requester | None = None
+    caller: str = ""  # without a requester: the caller's own name, when known
+
+    @property
+    def who(self) -> str:
+        return self.requester.user if self.requester else (self.caller or "you")
+
+    @property
+    def needs(self) -> str:
+        return f"the verb {VERB} on {self.resource}/{self.name} in namespace {self.namespace}"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the API server answered: allowed or not, with its reason; `error` when it could not say."""
+
+    allowed: bool
+    reason: str = ""
+    error: str = ""
+
+
+def requester(restore: dict) -> Requester | None:
+    """Who asked, as recorded at admission; None when nothing was recorded.
+
+    A groups annotation that is missing (a restore created before it was recorded) or malformed
+    gives no groups: the review can then only allow less, never more.
+    """
+    annotations = (restore.get("metadata") or {}).get("annotations") or {}
+    user = annotations.get(REQUESTED_BY)
+    if not user:
+        return None
+    try:
+        groups = json.loads(annotations.get(REQUESTED_BY_GROUPS) or "[]")
+    except ValueError:
+        groups = []
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        groups = []
+    return Requester(user, tuple(groups))
+
+
+def review(namespace: str, target: dict | None, requester: Requester | None = None) -> Review | None:
+    """The question for a plan's target (`plan.target`); None when the target is not valid."""
+    key = targets.key(target)
+    if key is None:
+        return None
+    kind, _, name = key.partition("/")
+    return Review(namespace, "persistentvolumeclaims" if kind == "pvc" else "secrets", name, key, requester)
+
+
+def _time(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
+
+
+def untrusted(restore: dict, policies: dict[str, dict | None]) -> str | None:
+    """Why the requester annotations are not the API server's word, or None when they are.
+
+    `policies`: RECORDING_POLICIES' objects as read, by resource (None: it does not exist).
+    """
+    created = _time((restore.get("metadata") or {}).get("creationTimestamp"))
+    for resource, name in RECORDING_POLICIES:
+        obj = policies.get(resource)
+        what = f"the {_KINDS[resource]} {name} (manifests/scopes.yaml)"
+        if obj is None:
+            return f"{what} is not installed, so the annotation {REQUESTED_BY} is whatever the client wrote"
+        since = _time((obj.get("metadata") or {}).get("creationTimestamp"))
+        if created is None or since is None or since >= created:
+            return f"{what} was installed after this BackupRestore was created, so its annotation " \
+                   f"{REQUESTED_BY} may be whatever the client wrote"
+    return None
+
+
+def sar_body(question: Review) -> dict:
+    """A SubjectAccessReview for the requester, or a SelfSubjectAccessReview without one."""
+    attributes = {"namespace": question.namespace, "verb": VERB, "group": "", "resource": question.resource,
+                  "name": question.name}
+    if question.requester is None:
+        return {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes}}
+    return {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": question.requester.user, "groups": list(question.requester.groups),
+                     "resourceAttributes": attributes}}
+
+
+def parse_answer(response: dict | None) -> Answer | None:
+    """The answer in a review's response; None when it holds none."""
+    status = (response or {}).get("status") if isinstance(response, dict) else None
+    if not isinstance(status, dict):
+        return None
+    if status.get("allowed") is True:
+        return Answer(True, reason=status.get("reason") or "")
+    return Answer(False, reason=status.get("reason") or "", error=status.get("evaluationError") or "")
+
+
+def not_asked(question: Review) -> Authorization:
+    """The check before the question is asked: a restore that waits shows this, unchanged, until then."""
+    return Authorization("unknown", f"not checked yet: whether {question.who} may restore into "
+                                    f"{targets.describe(question.target_key)} is asked right before the Job "
+                                    "is created")
+
+
+def nobody(question: Review, why: str) -> Authorization:
+    """Refused: there is nobody whose rights can be checked."""
+    return Authorization("fail", f"the requester is unknown: {why}; nobody can be checked for {question.needs}")
+
+
+def unknown_requester(question: Review) -> Authorization:
+    return nobody(question, f"the annotation {REQUESTED_BY} was not recorded at admission (install "
+                            "manifests/scopes.yaml)")
+
+
+def judge(question: Review, answer: Answer) -> Authorization:
+    """The check from the API server's answer. Anything but allowed is refused."""
+    where = targets.describe(question.target_key)
+    if answer.allowed:
+        return Authorization("ok", f"{question.who} may restore into {where} ({question.needs})")
+    detail = f"{question.who} may not restore into {where}: that needs {question.needs} (the scope backup:restore)"
+    extra = "; ".join(x for x in (answer.reason, answer.error) if x)
+    return Authorization("fail", detail + (f"; {extra}" if extra else ""))
+
+
+def could_not_ask(question: Review, error: str) -> Authorization:
+    """The CLI's preview, when its question failed: unknown, which does not block a preview."""
+    return Authorization("unknown", f"could not check whether {question.who} may restore into "
+                                    f"{targets.describe(question.target_key)}: {error}")
