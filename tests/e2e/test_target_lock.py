@@ -132,3 +132,21 @@ def test_a_restart_of_the_operator_while_one_waits_does_not_start_it_early(clust
     spans = intervals(cluster, namespace)
     assert spans["holder"][1] <= spans["waiter"][0], f"the two restores overlapped: {spans}"
     assert_waited_for(cluster, namespace, "waiter", "holder")  # told once, across both operators
+
+
+def test_a_lease_left_by_a_restore_that_is_gone_is_taken_over(cluster, namespace, start_operator):
+    # As an operator that died between a restore's end and the Lease's deletion would leave it.
+    from daoflow_operator import targets
+
+    run_long(start_operator, 1)
+    destination(cluster, namespace)
+    backup_run(cluster, namespace)
+    name = targets.lease_name("pvc/app-data")
+    cluster.apply({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                   "metadata": {"name": name, "namespace": namespace},
+                   "spec": {"holderIdentity": "gone/4c1c2b0e-0000-0000-0000-000000000000", "leaseTransitions": 0}})
+    apply_together(cluster, namespace, ("next", {}))
+    status = wait_phase(cluster, namespace, "next", "Succeeded", timeout=90)
+    assert "TargetBusy" not in [e["reason"] for e in events(cluster, namespace, "next")]
+    assert status["auditTrail"][1]["message"].endswith("PersistentVolumeClaim app-data taken; Job next-restore created")
+    wait_until(lambda: lease_holders(cluster, namespace) == [], timeout=10, what="the taken Lease to be deleted")
