@@ -2,9 +2,10 @@
 
 Queue, Execute, Verify and Record are decided here. `decide()` takes the restore's
 current status and what the shell observed (the BackupRun, its destination, the target
-claim, who holds the target, the Job, its pods and their events, and the runner's report) and
-returns the next status, the target to take or let go of, the Job to create or delete if any,
-and the events to post. It never reads a clock
+claim, who holds the target, whether the requester may restore into it, the Job, its pods and
+their events, and the runner's report) and returns the next status, the target to take or let go
+of, the Job to create or delete if any, and the events to post; or, before a Job, the question
+to ask the API server first (`review`). It never reads a clock
 or the network: `now` is passed in.
 
 Rules that hold by construction:
