@@ -11,11 +11,17 @@ kube-scheduler, kwok) is built once into the cache and started once per session.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+# pytest removes old temporary folders with shutil.rmtree, which recurses once per level; the
+# runner's tests build trees 1,200 folders deep, so one left by an interrupted run must not
+# make the next session fail at its start.
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
 
 from cluster_helpers import Cluster, docker_engine_available
 from host_state import differences, host_state
