@@ -133,8 +133,15 @@ class Kube:
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         if manifest["metadata"].get("resourceVersion"):
             # A merge patch that carries the resourceVersion: conditional, like the status write.
-            self._retry(lambda: self.coordination.patch_namespaced_lease(
-                name, ns, manifest, _content_type="application/merge-patch+json"), f"take over lease {ns}/{name}")
+            try:
+                self._retry(lambda: self.coordination.patch_namespaced_lease(
+                    name, ns, manifest, _content_type="application/merge-patch+json"),
+                    f"take over lease {ns}/{name}")
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                # Its holder let it go between the read and the take-over: read the world again.
+                raise Conflict(f"lease {ns}/{name} was released meanwhile") from exc
         else:
             self._retry(lambda: self.coordination.create_namespaced_lease(ns, manifest), f"create lease {ns}/{name}")
         log.info("Lease %s/%s (%s) taken by %s", ns, name,
