@@ -160,16 +160,23 @@ class Kube:
         meta = lease["metadata"]
         body = kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(
             uid=meta["uid"], resource_version=meta["resourceVersion"]))
+        if not self._delete_if_unchanged(lambda: self.coordination.delete_namespaced_lease(name, namespace, body=body),
+                                         f"delete lease {namespace}/{name}"):
+            return False
+        log.info("Lease %s/%s released by %s", namespace, name, "/".join(identity))
+        return True
+
+    def _delete_if_unchanged(self, call, what: str) -> bool:
+        """A delete with preconditions: False when the object is gone or is not the one observed."""
         try:
-            self._retry(lambda: self.coordination.delete_namespaced_lease(name, namespace, body=body),
-                        f"delete lease {namespace}/{name}")
+            self._retry(call, what)
         except ApiException as exc:
             if exc.status == 404:
                 return False
             raise
         except Conflict:
             return False
-        log.info("Lease %s/%s released by %s", namespace, name, "/".join(identity))
+        return True
         return True
 
     def requester_policies(self) -> dict[str, dict | None]:
@@ -241,15 +248,9 @@ class Kube:
         """
         body = kubernetes.client.V1DeleteOptions(propagation_policy="Background",
                                                  preconditions=kubernetes.client.V1Preconditions(uid=uid))
-        try:
-            self._retry(lambda: self.batch.delete_namespaced_job(name, namespace, body=body),
-                        f"delete job {namespace}/{name}")
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        except Conflict:
-            log.info("Job %s/%s is not the one observed (uid %s); not deleting it", namespace, name, uid)
+        if not self._delete_if_unchanged(lambda: self.batch.delete_namespaced_job(name, namespace, body=body),
+                                         f"delete job {namespace}/{name}"):
+            log.info("Job %s/%s is gone or is not the one observed (uid %s); not deleting it", namespace, name, uid)
             return False
         log.info("deleted Job %s/%s: its pod cannot start", namespace, name)
         return True
