@@ -22,6 +22,7 @@ from typing import Any
 
 from . import access, planning
 from .api import models
+from .escaping import escape
 
 EXIT_OK = 0
 EXIT_RESTORE_FAILED = 1
@@ -201,10 +202,10 @@ def print_plan(result: planning.PlanResult, out) -> None:
                  else p.target.database.secret_ref.name if p.target.database else "-")
         print(f"Target:      {p.target.type} {where} ({p.target.existing_data})", file=out)
     print(f"Plan hash:   {p.plan_hash}", file=out)
-    print(f"Ready:       {'yes' if p.is_ready else 'no'} ({result.verdict.reason}: {result.verdict.message})", file=out)
+    print(f"Ready:       {'yes' if p.is_ready else 'no'} ({escape(result.verdict.reason)}: {escape(result.verdict.message)})", file=out)
     print("Preflight checks:", file=out)
     for check in p.preflight_checks:
-        print(f"  [{check.status:4}] {check.name}: {check.detail}", file=out)
+        print(f"  [{check.status:4}] {check.name}: {escape(check.detail)}", file=out)
     if p.steps:
         print("Steps:", file=out)
         for i, step in enumerate(p.steps, 1):
@@ -276,7 +277,7 @@ def wait_for(client, namespace: str, name: str, timeout: float) -> int:
         status = obj.get("status") or {}
         trail = status.get("auditTrail") or []
         for entry in trail[seen_audit:]:
-            print(f"  {entry['time']}  {entry['step']:<8} {entry['outcome']:<8} {entry['message']}")
+            print(f"  {entry['time']}  {entry['step']:<8} {entry['outcome']:<8} {escape(str(entry['message']))}")
         seen_audit = len(trail)
         phase = status.get("phase")
         if phase != seen_phase and phase:
@@ -286,7 +287,7 @@ def wait_for(client, namespace: str, name: str, timeout: float) -> int:
             ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
             if ready.get("status") == "True":
                 return EXIT_OK
-            print(f"error: restore {name} ended {phase}: {ready.get('reason')}: {ready.get('message')}", file=sys.stderr)
+            print(f"error: restore {name} ended {phase}: {escape(str(ready.get('reason')))}: {escape(str(ready.get('message')))}", file=sys.stderr)
             return EXIT_RESTORE_FAILED
         time.sleep(1)
     print(f"error: timed out after {timeout:.0f}s; the restore goes on: kubectl describe backuprestore {name} "
@@ -349,7 +350,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class SafeOutput:
+    """A text stream that escapes every character that is not printable (C0 and C1 controls, DEL,
+    bidi controls, line separators) except the newlines the CLI writes itself: much of what the CLI
+    prints comes from the cluster (a BackupRun's error, a status message), and must not drive the
+    terminal. Free-text values are escaped where they are printed too, newlines included."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write("\n".join(escape(line) for line in text.split("\n")))
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if not isinstance(sys.stdout, SafeOutput):
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = SafeOutput(sys.stdout), SafeOutput(sys.stderr)
+        try:
+            return main(argv)
+        finally:
+            sys.stdout, sys.stderr = saved
     args = parser().parse_args(argv)
     for option, default in (("kubeconfig", os.environ.get("KUBECONFIG") or None), ("context", None), ("namespace", None)):
         if not hasattr(args, option):
@@ -357,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
         return exc.code
     except ValueError as exc:  # invalid flag values, caught by the API model
         print(f"error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)

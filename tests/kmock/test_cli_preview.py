@@ -12,7 +12,7 @@ import pytest
 
 from daoflow_operator import cli
 from daoflow_operator.api import models
-from kmock_world import CLAIMS, declare
+from kmock_world import CLAIMS, RUNS, declare
 
 
 @pytest.fixture
@@ -108,3 +108,26 @@ async def test_a_preview_whose_question_fails_says_unknown(k8s):
     assert check["status"] == "unknown" and check["detail"].startswith(
         "could not check whether you may restore into PersistentVolumeClaim data: ")
     assert result.verdict.outcome == "ready"
+
+
+async def test_the_preview_escapes_what_the_cluster_says(k8s, capsys, monkeypatch):
+    # A failed BackupRun whose error would clear the screen and retitle the terminal.
+    run = k8s.objects[RUNS, "ns", "nightly"].raw
+    run["status"] = {**run["status"], "phase": "Failed",
+                     "error": "\x1b[2J\x1b]0;owned\x07 \u202eevil\u2028\x85\x7f\nnext"}
+    k8s.objects[RUNS, "ns", "nightly"] = run
+    monkeypatch.setattr(cli, "_client", lambda args: client_for(k8s))
+
+    code = await asyncio.to_thread(cli.main, ["backup", "restore", "--backup-run-id", "nightly", "-n", "ns", "--dry-run"])
+
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert code == cli.EXIT_RESTORE_FAILED
+    assert "\\x1b[2J\\x1b]0;owned\\x07 \\u202eevil\\u2028\\x85\\x7f\\nnext" in printed
+    assert not any(ch in printed for ch in "\x1b\x07\u202e\u2028\x85\x7f")
+    assert all(line.isprintable() for line in printed.split("\n"))
+
+    # JSON is escaped by json.dumps (ensure_ascii): nothing raw either.
+    await asyncio.to_thread(cli.main, ["backup", "restore", "--backup-run-id", "nightly", "-n", "ns", "--dry-run", "--json"])
+    printed = capsys.readouterr().out
+    assert "\\u001b[2J" in printed and all(line.isprintable() for line in printed.split("\n"))
