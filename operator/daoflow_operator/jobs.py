@@ -70,7 +70,8 @@ def runner_plan(restore: dict, plan: dict, destination: dict, config: Config) ->
     return {
         "restore": {"namespace": meta["namespace"], "name": meta["name"], "uid": meta.get("uid", "")},
         "artifact": {"path": artifact["path"], "format": artifact["format"],
-                     "sizeBytes": artifact.get("sizeBytes"), "sha256": artifact["sha256"]},
+                     "sizeBytes": artifact.get("sizeBytes"), "sha256": artifact["sha256"],
+                     **{key: artifact[key] for key in ("files", "uncompressedBytes") if artifact.get(key) is not None}},
         "source": source,
         "target": runner_target,
         "existingData": target.get("existingData", "FailIfNotEmpty"),

@@ -158,6 +158,18 @@ def _claim_check(name: str, claim: dict | Unreadable | None) -> tuple[str, str]:
                     "restore pod is scheduled")
 
 
+def _content_counts_check(artifact: dict) -> models.PreflightCheck:
+    """Whether the restore can verify the archive's contents, not only the artifact's bytes."""
+    files, size = artifact.get("files"), artifact.get("uncompressedBytes")
+    if artifact.get("format") == "postgres-custom":
+        return _check("contentCounts", "warn", "the content counts are checked for tar archives only; "
+                                               "only the artifact's checksum is verified")
+    if files is None or size is None:
+        return _check("contentCounts", "warn", "the BackupRun does not record both files and uncompressedBytes for its "
+                                               "artifact; only the artifact's checksum is verified")
+    return _check("contentCounts", "ok", f"{files} members and {size} bytes of files must be restored")
+
+
 def plan_hash(pinned: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(pinned, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -294,12 +306,14 @@ def plan(namespace: str, spec: models.BackupRestoreSpec, run: dict | None,
                               "existing data is replaced; it is kept aside until the restore succeeds and put back on failure"),
             "Merge": _check("existingData", "warn", "files in the archive overwrite existing files; others are kept"),
         }[spec.existing_data])
+        checks.append(_content_counts_check(artifact_raw))
 
     artifact = None
     if run is not None:
         artifact = models.PlannedArtifact(
             destination=dest_name, destination_type=dest_type, location=location, path=path, format=fmt,
             size_bytes=artifact_raw.get("sizeBytes"), sha256=artifact_raw.get("sha256"),
+            files=artifact_raw.get("files"), uncompressed_bytes=artifact_raw.get("uncompressedBytes"),
         )
 
     # The hash pins what the restore would do, not bookkeeping: a relabelled BackupRun keeps its hash.

@@ -68,6 +68,10 @@ class Observation:
     # Whether the requester may restore into the target, asked once when the Decision says `review`
     # (None: not asked).
     authorization: planning.Authorization | None = None
+    # The API server refused the Job for good, or its name is taken: (reason, message), from the
+    # create the previous decision asked for (None: not refused).
+    job_refused: tuple[str, str] | None = None
+
 
 
 @dataclass
@@ -332,6 +336,19 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                 return decision
             if ask:
                 return Decision(status=old, review=question)  # right before the Job: then decide again
+            if observed.job_refused is not None:
+                # The Job can never be created as it is: Rejected, final, not a retry loop. The target
+                # was taken for it in this pass: let go of it.
+                reason, message = observed.job_refused
+                for ctype in (VALIDATED, STARTED, READY):
+                    set_condition(status, ctype, "False", reason, message, generation, now)
+                audit(status, now, "queue", "rejected", message)
+                events.append(Event("Warning", reason, message))
+                finish()
+                decision.release_target = target.key
+                status["observedGeneration"] = generation
+                status["phase"] = derive_phase(status)
+                return decision
             name = job_name(restore["metadata"]["name"])
             set_condition(status, STARTED, "True", JOB_CREATED, f"Job {name} created", generation, now)
             set_condition(status, READY, "False", "Queued", f"Job {name} created; waiting for its pod to start",

@@ -47,6 +47,18 @@ class Model(BaseModel):
 
 Name = Annotated[str, Field(min_length=1, max_length=253, pattern=NAME_PATTERN)]
 
+# A folder inside a volume: relative, made of plain characters, never climbing out with "..".
+# The pattern (RE2, no look-ahead) bounds the characters and refuses a leading "/"; the CEL rule
+# (on the model that holds the field) refuses a ".." component and says so with one message.
+SUB_PATH_CHARS = r"^([A-Za-z0-9._~@+=,-][A-Za-z0-9._~@+=,/-]*)?$"
+SubPath = Annotated[str, Field(max_length=512, pattern=SUB_PATH_CHARS,
+                               description="A relative folder inside the volume: letters, digits and ._~@+=,- "
+                                           "separated by /, with no .. component.")]
+SUB_PATH_RULE = cel(
+    "!has(self.subPath) || (!self.subPath.startsWith('/') && self.subPath != '..' && !self.subPath.startsWith('../')"
+    " && !self.subPath.endsWith('/..') && !self.subPath.contains('/../'))",
+    "subPath must be a relative path inside the volume: it must not start with / nor have a .. component", fieldPath=".subPath")
+
 
 class LocalObjectReference(Model):
     """A reference to an object of a known kind in the same namespace."""
@@ -69,9 +81,9 @@ class S3Destination(Model):
 
 
 class PersistentVolumeClaimDestination(Model):
+    x_validations: ClassVar = [SUB_PATH_RULE]
     claim_name: Name
-    sub_path: Annotated[str, Field(max_length=1024, pattern=r"^[^/\\].*$|^$",
-                                   description="A relative folder inside the volume.")] = ""
+    sub_path: SubPath = ""
 
 
 class BackupDestinationSpec(Model):
@@ -107,8 +119,9 @@ class DatabaseSource(Model):
 
 
 class PersistentVolumeClaimSource(Model):
+    x_validations: ClassVar = [SUB_PATH_RULE]
     claim_name: Name
-    sub_path: Annotated[str, Field(max_length=1024)] = ""
+    sub_path: SubPath = ""
 
 
 class BackupSource(Model):

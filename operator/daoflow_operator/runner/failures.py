@@ -20,6 +20,8 @@ FAILURES: dict[str, tuple[int, str]] = {
     "RestoreFailed": (8, "writing into the target or pg_restore failed"),
     "CorruptArchive": (9, "the artifact matched its checksum but cannot be decoded"),
     "Interrupted": (10, "the runner was stopped by a signal; the target was rolled back"),
+    "ContentMismatch": (11, "the archive matched its checksum, but its members or their bytes differ from "
+                            "the BackupRun's recorded counts"),
 }
 
 EXIT_SUCCESS = 0

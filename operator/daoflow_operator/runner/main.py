@@ -156,6 +156,21 @@ def verify_checksum(artifact: Artifact, sha256: str, size: int) -> None:
         )
 
 
+def verify_contents(artifact: Artifact, files: int, size: int) -> None:
+    """Verify: pure. What was unpacked must match the archive's own recorded counts, when the
+    BackupRun records them: `files` members (the archive's root not counted) and
+    `uncompressedBytes`, the sum of the regular files' sizes."""
+    if artifact.files is not None and files != artifact.files:
+        raise RunnerFailure(
+            "ContentMismatch", f"the archive holds {files} members, the BackupRun records {artifact.files}"
+        )
+    if artifact.uncompressed_bytes is not None and size != artifact.uncompressed_bytes:
+        raise RunnerFailure(
+            "ContentMismatch", f"the archive's files hold {size} bytes, the BackupRun records "
+                               f"{artifact.uncompressed_bytes}"
+        )
+
+
 def fetch(plan: Plan, progress: Progress, redact: Redactor) -> Fetch:
     """Fetch: open the artifact and start reading it in the background."""
     if isinstance(plan.source, S3Source):
@@ -233,6 +248,7 @@ def execute_volume(plan: Plan, progress: Progress, result: Result, out: Output) 
         result.sha256, result.bytes = reader.finish()
         verify_checksum(plan.artifact, result.sha256, result.bytes)
         result.verified = True
+        verify_contents(plan.artifact, unpacker.files, unpacker.bytes)
         unpacker.make_symlinks()
         if plan.existing_data != "Merge":
             unpacker.apply_dir_metadata(ws.staging)

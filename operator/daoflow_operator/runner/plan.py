@@ -39,6 +39,9 @@ class Artifact:
     format: str
     size_bytes: int
     sha256: str
+    # The archive's own counts, when the BackupRun records them: checked before the commit.
+    files: int | None = None
+    uncompressed_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,13 @@ def parse_artifact(raw: Any) -> Artifact:
     sha = _str(obj, "sha256", "artifact").lower()
     if not _SHA256.match(sha):
         raise invalid_plan("artifact.sha256 must be 64 hexadecimal characters")
-    return Artifact(path=path, format=fmt, size_bytes=size, sha256=sha)
+    counts = {}
+    for key, name in (("files", "files"), ("uncompressedBytes", "uncompressed_bytes")):
+        if obj.get(key) is not None:
+            counts[name] = _int(obj, key, "artifact")
+            if counts[name] < 0:
+                raise invalid_plan(f"artifact.{key} must not be negative")
+    return Artifact(path=path, format=fmt, size_bytes=size, sha256=sha, **counts)
 
 
 def parse_source(raw: Any) -> S3Source | VolumeSource:
