@@ -35,7 +35,7 @@ import kopf
 from . import access, jobs, planning, pods, status as status_, targets
 from .api import models
 from .config import Config
-from .kube import Conflict, Kube, api_client_from_env
+from .kube import Conflict, JobRefused, Kube, api_client_from_env
 
 log = logging.getLogger("daoflow_operator")
 
@@ -109,7 +109,13 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
         # this leaves the Lease with this restore, and the next pass finds it "ours".
         kube.take_lease(targets.build_lease(restore, decision.acquire, now()))
     if decision.create_job:
-        kube.create_job(jobs.build_job(restore, decision.status["plan"], destination, config))
+        try:
+            kube.create_job(jobs.build_job(restore, decision.status["plan"], destination, config))
+        except JobRefused as refused:
+            # For good (a 4xx, a quota, a name taken): decide again with the refusal, a final status.
+            observed.job_refused = (refused.reason, refused.message)
+            decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
+                                      poll_interval=config.pod_start_poll_seconds)
     if status_.changed(current, decision.status):
         kube.patch_status(namespace, name, status_.status_patch(current, decision.status),
                           restore["metadata"]["resourceVersion"])
@@ -167,11 +173,17 @@ def _owned(job: dict, restore: dict) -> bool:
 class WorkQueue:
     """A keyed work queue: a key is never processed twice at once, and re-adds are coalesced.
 
-    `process(key)` returns a delay after which to look again, or None.
+    `process(key)` returns a delay after which to look again, or None. A pass that fails (an API
+    error that `kube.py`'s own retries did not get past, no answer) is tried again after a delay
+    that doubles per key, from `backoff_min` to `backoff_max`, and starts over once a pass of that
+    key succeeds; the traceback is logged on the first failure only.
     """
 
     process: Callable[[Key], Awaitable[float | None]]
     workers: int = 4
+    backoff_min: float = 5.0
+    backoff_max: float = 300.0
+    _failures: dict = field(default_factory=dict)
     _pending: set = field(default_factory=set)
     _active: set = field(default_factory=set)
     _dirty: set = field(default_factory=set)
@@ -207,11 +219,16 @@ class WorkQueue:
             self._active.add(key)
             try:
                 delay = await self.process(key)
+                self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - one bad object must not stop the operator
-                log.exception("reconciling %s/%s failed; retrying in 10s", *key)
-                delay = 10.0
+            except Exception as exc:  # noqa: BLE001 - one bad object must not stop the operator
+                delay = self.failure_delay(key)
+                if self._failures[key] == 1:
+                    log.exception("reconciling %s/%s failed; retrying in %.0fs", *key, delay)
+                else:
+                    log.warning("reconciling %s/%s failed again (%s: %s); retrying in %.0fs", *key,
+                                exc.__class__.__name__, str(exc).splitlines()[0] if str(exc) else "", delay)
             finally:
                 self._active.discard(key)
             if key in self._dirty:
@@ -219,6 +236,11 @@ class WorkQueue:
                 self.add(key)
             elif delay:
                 self.add(key, delay)
+
+    def failure_delay(self, key: Key) -> float:
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        return min(self.backoff_min * (2 ** failures), self.backoff_max)
 
     def stop(self) -> None:
         for timer in self._timers.values():

@@ -39,6 +39,42 @@ class Conflict(Exception):
     """The object changed since it was read (HTTP 409)."""
 
 
+class JobRefused(Exception):
+    """The Job can never be created as it is: the API server refused it for good (400, 403, 404,
+    422), or its fixed name is taken by a Job that is not this restore's. A final reason, not a retry."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+JOB_REJECTED = "JobRejected"
+JOB_NAME_TAKEN = "JobNameTaken"
+QUOTA_EXCEEDED = "QuotaExceeded"
+PERMANENT = {400, 403, 404, 422}
+
+
+def job_refusal(code: int | None, body: str | None, job: str) -> tuple[str, str] | None:
+    """What a failed create of the Job means. Pure.
+
+    (reason, message) for a refusal that no retry can change: 400, 403, 404 (its namespace is
+    going away) and 422, with the server's own message; an exceeded ResourceQuota (403
+    "exceeded quota") is `QuotaExceeded`, final too, since nothing tells when the quota would
+    have room (a new restore can be created once it has). None for a transient error (429, 5xx,
+    401, no answer): the pass fails and the work queue retries it with its backoff.
+    """
+    if code not in PERMANENT:
+        return None
+    try:
+        detail = json.loads(body or "").get("message") or ""
+    except (ValueError, AttributeError):
+        detail = ""
+    detail = str(detail or body or "no message")[:2048]
+    if code == 403 and "exceeded quota" in detail:
+        return QUOTA_EXCEEDED, f"Job {job} cannot be created: a ResourceQuota is exceeded: {detail}"
+    return JOB_REJECTED, f"the API server refused Job {job} (HTTP {code}): {detail}"
+
+
 def _retry_after(exc: ApiException) -> float | None:
     value = (exc.headers or {}).get("Retry-After") if exc.headers else None
     try:
@@ -110,6 +146,11 @@ class Kube:
         try:
             job = self._retry(lambda: self.batch.create_namespaced_job(ns, manifest), f"create job {ns}/{name}")
             return self.client.sanitize_for_serialization(job)
+        except ApiException as exc:
+            refusal = job_refusal(exc.status, exc.body, f"{ns}/{name}")
+            if refusal is None:
+                raise
+            raise JobRefused(*refusal) from exc
         except Conflict:
             existing = self.get_job(ns, name)
             if existing is None:
@@ -117,7 +158,9 @@ class Kube:
             owner = manifest["metadata"]["ownerReferences"][0]["uid"]
             owners = [ref.get("uid") for ref in existing["metadata"].get("ownerReferences") or []]
             if owner not in owners:
-                raise RuntimeError(f"Job {ns}/{name} exists but belongs to another object; not adopting it")
+                raise JobRefused(JOB_NAME_TAKEN, f"Job {ns}/{name} already exists and is not this restore's "
+                                                 "(another owner); it is not adopted: delete or rename it, "
+                                                 "then create a new BackupRestore")
             log.info("Job %s/%s already exists and is ours: adopted", ns, name)
             return existing
 

@@ -102,3 +102,34 @@ def test_a_malformed_restore_gets_the_schema_message_not_the_requester_policy_er
     assert good.returncode == 0, good.stderr
     meta = json.loads(cluster.kubectl("get", "backuprestore", "good", "-n", namespace, "-o", "json").stdout)["metadata"]
     assert meta["annotations"]["backup.daoflow.dev/requested-by"] == "admin" or cluster.local is None
+
+
+SUB_PATH = ("subPath must be a relative path inside the volume: it must not start with / nor have a .. component")
+
+
+@pytest.mark.parametrize("sub_path", ["../../etc", "a/../../etc", ".."])
+def test_a_sub_path_that_climbs_out_is_refused(cluster, namespace, sub_path):
+    restore = apply(cluster, namespace, "BackupRestore", "climb",
+                    {"backupRunRef": {"name": "nightly"},
+                     "target": {"persistentVolumeClaim": {"claimName": "data", "subPath": sub_path}}})
+    assert refusal(restore) == [f"spec.target.persistentVolumeClaim.subPath: Invalid value: \"string\": {SUB_PATH}"]
+    destination = apply(cluster, namespace, "BackupDestination", "climb",
+                        {"persistentVolumeClaim": {"claimName": "backups", "subPath": sub_path}})
+    assert refusal(destination) == [f"spec.persistentVolumeClaim.subPath: Invalid value: \"string\": {SUB_PATH}"]
+    run = apply(cluster, namespace, "BackupRun", "climb",
+                {"destinationRef": {"name": "d"},
+                 "source": {"type": "volume", "persistentVolumeClaim": {"claimName": "data", "subPath": sub_path}}})
+    assert refusal(run) == [f"spec.source.persistentVolumeClaim.subPath: Invalid value: \"string\": {SUB_PATH}"]
+    assert stored(cluster, namespace, "backuprestores") == []
+
+
+def test_a_sub_path_that_is_absolute_or_odd_is_refused(cluster, namespace):
+    restore = apply(cluster, namespace, "BackupRestore", "odd",
+                    {"backupRunRef": {"name": "nightly"},
+                     "target": {"persistentVolumeClaim": {"claimName": "data", "subPath": "/etc"}}})
+    lines = refusal(restore)
+    assert any(line.startswith("spec.target.persistentVolumeClaim.subPath: Invalid value: \"/etc\": spec.target."
+                               "persistentVolumeClaim.subPath in body should match") for line in lines), lines
+    ok = apply(cluster, namespace, "BackupDestination", "fine",
+               {"persistentVolumeClaim": {"claimName": "backups", "subPath": "team/a..b/nightly"}})
+    assert ok.returncode == 0, ok.stderr
