@@ -452,11 +452,14 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         reason = (report or {}).get("reason") or cond.get("reason") or JOB_FAILED
         message = (report or {}).get("message") or cond.get("message") or f"Job {job_name_} failed"
         message = f"Job {job_name_} failed: {message}"
-        if reason == "ChecksumMismatch":
+        # A content mismatch fails verification as a checksum mismatch does: the artifact is
+        # not the one recorded, even though its bytes are.
+        verify_failed = reason in ("ChecksumMismatch", "ContentMismatch")
+        if verify_failed:
             set_condition(status, ARTIFACT_VERIFIED, "False", reason, message, generation, now)
         set_condition(status, SUCCEEDED, "False", reason, message, generation, now)
         set_condition(status, READY, "False", reason, message, generation, now)
-        audit(status, now, "verify" if reason == "ChecksumMismatch" else "execute", "failed", message)
+        audit(status, now, "verify" if verify_failed else "execute", "failed", message)
         audit(status, now, "record", "failed", "the restore failed and is not retried; the BackupRun was not changed")
         events.append(Event("Warning", reason, message))
         finish()

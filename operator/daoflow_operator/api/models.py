@@ -147,6 +147,13 @@ class Artifact(Model):
     format: Literal["tar", "tar+gzip", "tar+zstd", "postgres-custom"] | None = None
     size_bytes: Annotated[int, Field(ge=0)] | None = None
     sha256: Annotated[str, Field(pattern=SHA256_PATTERN)] | None = None
+    files: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="For a tar archive: its members that a restore creates (regular files, folders, "
+                          "symlinks and hard links, each repeat of a name too), not counting the archive's "
+                          "root ./ or extended headers. Checked by the restore before its commit.")
+    uncompressed_bytes: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="For a tar archive: the sum of the sizes of its regular-file members (hard links add "
+                          "nothing). Checked by the restore before its commit.")
 
 
 class BackupRunStatus(Model):
@@ -238,6 +245,8 @@ class PlannedArtifact(Model):
     format: str | None = None
     size_bytes: int | None = None
     sha256: str | None = None
+    files: int | None = None
+    uncompressed_bytes: int | None = None
 
 
 class PlannedTarget(Model):
