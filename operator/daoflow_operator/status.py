@@ -73,7 +73,6 @@ class Observation:
     job_refused: tuple[str, str] | None = None
 
 
-
 @dataclass
 class Event:
     type: str  # Normal or Warning
