@@ -50,6 +50,9 @@ class Config:
     unschedulable_timeout_seconds: float = 300.0
     # While a restore pod has not started, its Job and pod are looked at again this often.
     pod_start_poll_seconds: float = 5.0
+    # CIDRs an S3 endpoint must resolve into (DAOFLOW_S3_ENDPOINT_ALLOWLIST, comma-separated), checked
+    # by the runner after DNS; empty: any address but link-local and cloud metadata ones.
+    s3_endpoint_allowlist: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -70,4 +73,6 @@ class Config:
             unschedulable_timeout_seconds=float(env("DAOFLOW_UNSCHEDULABLE_TIMEOUT_SECONDS",
                                                     defaults.unschedulable_timeout_seconds)),
             pod_start_poll_seconds=float(env("DAOFLOW_POD_START_POLL_SECONDS", defaults.pod_start_poll_seconds)),
+            s3_endpoint_allowlist=tuple(n.strip() for n in env("DAOFLOW_S3_ENDPOINT_ALLOWLIST", "").split(",")
+                                        if n.strip()),
         )

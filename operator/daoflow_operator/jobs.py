@@ -59,6 +59,8 @@ def runner_plan(restore: dict, plan: dict, destination: dict, config: Config) ->
         source = {"type": "s3", "endpoint": s3["endpoint"], "bucket": s3["bucket"],
                   "region": s3.get("region") or "us-east-1", "prefix": s3.get("prefix") or "",
                   "forcePathStyle": bool(s3.get("forcePathStyle")), "credentialsDir": S3_CREDENTIALS_DIR}
+        if config.s3_endpoint_allowlist:
+            source["endpointAllowlist"] = list(config.s3_endpoint_allowlist)
     else:
         # The destination claim's subPath is applied by the volume mount itself.
         source = {"type": "volume", "mountPath": DESTINATION_DIR}

@@ -41,7 +41,7 @@ def test_a_destination_must_set_exactly_one_place(cluster, namespace):
                                                                                   RULES_NOT_CHECKED]
     both = apply(cluster, namespace, "BackupDestination", "both",
                  {"persistentVolumeClaim": {"claimName": "backups"},
-                  "s3": {"endpoint": "http://s3.local", "bucket": "backups", "credentialsSecretRef": {"name": "s"}}})
+                  "s3": {"endpoint": "https://s3.local", "bucket": "backups", "credentialsSecretRef": {"name": "s"}}})
     assert refusal(both) == ["spec: Invalid value: exactly one of s3 or persistentVolumeClaim must be set"]
     assert stored(cluster, namespace, "backupdestinations") == []
 
@@ -133,3 +133,20 @@ def test_a_sub_path_that_is_absolute_or_odd_is_refused(cluster, namespace):
     ok = apply(cluster, namespace, "BackupDestination", "fine",
                {"persistentVolumeClaim": {"claimName": "backups", "subPath": "team/a..b/nightly"}})
     assert ok.returncode == 0, ok.stderr
+
+
+def test_an_s3_endpoint_must_use_https_unless_plain_http_is_allowed(cluster, namespace):
+    s3 = {"bucket": "backups", "credentialsSecretRef": {"name": "s"}}
+    plain = apply(cluster, namespace, "BackupDestination", "plain",
+                  {"s3": {"endpoint": "http://169.254.169.254/latest", **s3}})
+    assert refusal(plain) == ["spec.s3.endpoint: Invalid value: \"string\": "
+                              "endpoint must use https:// unless allowInsecureHTTP is true"]
+    off = apply(cluster, namespace, "BackupDestination", "off",
+                {"s3": {"endpoint": "http://s3.local", "allowInsecureHTTP": False, **s3}})
+    assert refusal(off) == refusal(plain)
+    assert stored(cluster, namespace, "backupdestinations") == []
+    allowed = apply(cluster, namespace, "BackupDestination", "allowed",
+                    {"s3": {"endpoint": "http://s3.local", "allowInsecureHTTP": True, **s3}})
+    secure = apply(cluster, namespace, "BackupDestination", "secure", {"s3": {"endpoint": "https://s3.local", **s3}})
+    assert allowed.returncode == 0 and secure.returncode == 0, allowed.stderr + secure.stderr
+    assert sorted(stored(cluster, namespace, "backupdestinations")) == ["allowed", "secure"]

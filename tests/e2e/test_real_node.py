@@ -41,7 +41,8 @@ def s3_destination(cluster, namespace, s3, name="s3", secret="s3-creds") -> str:
     """A BackupDestination on the real S3 server, reached by pods over the node's network."""
     cluster.apply({"apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupDestination",
                    "metadata": {"name": name, "namespace": namespace},
-                   "spec": {"s3": {"endpoint": f"http://{cluster.forward(s3.port)}", "bucket": s3.bucket,
+                   "spec": {"s3": {"endpoint": f"http://{cluster.forward(s3.port)}", "allowInsecureHTTP": True,
+                                   "bucket": s3.bucket,
                                    "prefix": f"{namespace}/", "forcePathStyle": True,
                                    "credentialsSecretRef": {"name": secret}}}})
     return name

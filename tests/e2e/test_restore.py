@@ -240,7 +240,8 @@ def test_an_s3_restore_keeps_its_credentials_out_of_status_events_and_logs(clust
                     f"--from-literal=AWS_SECRET_ACCESS_KEY={secret_value}-secret")
     cluster.apply({"apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupDestination",
                    "metadata": {"name": "s3", "namespace": namespace},
-                   "spec": {"s3": {"endpoint": "http://127.0.0.1:9000", "bucket": "backups", "prefix": "prod/",
+                   "spec": {"s3": {"endpoint": "http://127.0.0.1:9000", "allowInsecureHTTP": True, "bucket": "backups",
+                                   "prefix": "prod/",
                                    "forcePathStyle": True, "credentialsSecretRef": {"name": "s3-creds"}}}})
     backup_run(cluster, namespace, destination_name="s3")
     name = restore(cluster, namespace)

@@ -70,8 +70,16 @@ class LocalObjectReference(Model):
 
 
 class S3Destination(Model):
+    x_validations: ClassVar = [
+        cel("self.endpoint.startsWith('https://') || (has(self.allowInsecureHTTP) && self.allowInsecureHTTP)",
+            "endpoint must use https:// unless allowInsecureHTTP is true", fieldPath=".endpoint"),
+    ]
     endpoint: Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s/]+(/.*)?$",
                                    description="URL of the S3-compatible endpoint, e.g. https://s3.eu-west-1.amazonaws.com.")]
+    allow_insecure_http: bool = Field(
+        False, alias="allowInsecureHTTP",
+        description="Allow an http:// endpoint: the access key id, the session token and the data then travel "
+                    "in clear text. Off by default: https:// is required.")
     bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")]
     region: Annotated[str, Field(max_length=64)] = "us-east-1"
     prefix: Annotated[str, Field(max_length=1024, description="Key prefix under which artifact paths are resolved.")] = ""

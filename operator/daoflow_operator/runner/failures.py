@@ -22,6 +22,8 @@ FAILURES: dict[str, tuple[int, str]] = {
     "Interrupted": (10, "the runner was stopped by a signal; the target was rolled back"),
     "ContentMismatch": (11, "the archive matched its checksum, but its members or their bytes differ from "
                             "the BackupRun's recorded counts"),
+    "EndpointNotAllowed": (12, "the S3 endpoint resolves to a link-local or cloud metadata address, or "
+                               "outside the allowed networks; nothing was sent to it"),
 }
 
 EXIT_SUCCESS = 0
@@ -49,6 +51,10 @@ def invalid_plan(message: str) -> RunnerFailure:
 
 def fetch_failed(message: str) -> RunnerFailure:
     return RunnerFailure("FetchFailed", message)
+
+
+def endpoint_not_allowed(message: str) -> RunnerFailure:
+    return RunnerFailure("EndpointNotAllowed", message)
 
 
 def unsafe(message: str) -> RunnerFailure:

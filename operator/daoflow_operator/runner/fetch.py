@@ -79,7 +79,7 @@ def open_s3_artifact(source: S3Source, key: str):
     creds = read_credentials(source.credentials_dir) if source.credentials_dir else None
     return S3Object(
         endpoint=source.endpoint, bucket=source.bucket, key=key, region=source.region,
-        force_path_style=source.force_path_style, credentials=creds,
+        force_path_style=source.force_path_style, credentials=creds, allowlist=source.endpoint_allowlist,
     )
 
 

@@ -52,6 +52,9 @@ class S3Source:
     prefix: str
     force_path_style: bool
     credentials_dir: str | None
+    # CIDRs the endpoint must resolve into (an operator setting); empty: any address but link-local
+    # and cloud metadata ones.
+    endpoint_allowlist: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,16 @@ def parse_artifact(raw: Any) -> Artifact:
     return Artifact(path=path, format=fmt, size_bytes=size, sha256=sha, **counts)
 
 
+def _network(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_source(raw: Any) -> S3Source | VolumeSource:
     obj = _obj(raw, "source")
     kind = obj.get("type")
@@ -191,6 +204,9 @@ def parse_source(raw: Any) -> S3Source | VolumeSource:
         creds = obj.get("credentialsDir")
         if creds is not None and (not isinstance(creds, str) or not creds.startswith("/")):
             raise invalid_plan("source.credentialsDir must be an absolute path")
+        allowlist = obj.get("endpointAllowlist", [])
+        if not isinstance(allowlist, list) or not all(isinstance(n, str) and _network(n) for n in allowlist):
+            raise invalid_plan("source.endpointAllowlist must be a list of CIDRs such as 10.0.0.0/8")
         return S3Source(
             endpoint=endpoint.rstrip("/"),
             bucket=bucket,
@@ -198,6 +214,7 @@ def parse_source(raw: Any) -> S3Source | VolumeSource:
             prefix=prefix,
             force_path_style=force,
             credentials_dir=creds,
+            endpoint_allowlist=tuple(allowlist),
         )
     if kind == "volume":
         mount = _absolute_dir(obj, "mountPath", "source")

@@ -11,14 +11,16 @@ import datetime as dt
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-from .failures import RunnerFailure, fetch_failed
+from .failures import RunnerFailure, endpoint_not_allowed, fetch_failed
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -135,6 +137,79 @@ def error_summary(status: int, body: bytes, headers: dict[str, str]) -> str:
     return text
 
 
+# Cloud metadata services, which hand out the node's credentials: never an S3 endpoint. Link-local
+# addresses (169.254.0.0/16, fe80::/10, where most of them live) are refused as a whole.
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean, Oracle
+    "169.254.170.2",  # AWS ECS task credentials
+    "fd00:ec2::254",  # AWS over IPv6
+    "100.100.100.200",  # Alibaba Cloud
+    "192.0.0.192",  # Oracle Cloud (classic)
+))
+
+
+def address_refusal(ip: str, allowlist: tuple[str, ...] = ()) -> str | None:
+    """Pure: why the runner must not connect to this (resolved) address, or None.
+
+    `allowlist`: CIDRs (an operator setting); when given, the address must lie in one of them.
+    """
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    mapped = getattr(addr, "ipv4_mapped", None)
+    if mapped is not None:
+        addr = mapped
+    if addr in METADATA_ADDRESSES:
+        return f"{addr} is a cloud metadata address"
+    if addr.is_link_local:
+        return f"{addr} is a link-local address"
+    if allowlist and not any(addr in ipaddress.ip_network(net, strict=False) for net in allowlist):
+        return f"{addr} is not in the allowed networks ({', '.join(allowlist)})"
+    return None
+
+
+def resolve(host: str, port: int, allowlist: tuple[str, ...] = (),
+            getaddrinfo: Callable = socket.getaddrinfo) -> str:
+    """The one address to connect to, resolved once and checked: every address the name resolves
+    to must be allowed (a name that also resolves to a metadata address is refused), and the
+    first is used for every connection. Raises RunnerFailure(EndpointNotAllowed)."""
+    try:
+        infos = getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        failure = fetch_failed(f"the S3 endpoint {host} cannot be resolved: {exc.strerror or exc}")
+        failure.retryable = True  # type: ignore[attr-defined]
+        raise failure from None
+    ips = list(dict.fromkeys(info[4][0] for info in infos))
+    if not ips:
+        raise fetch_failed(f"the S3 endpoint {host} resolves to no address")
+    for ip in ips:
+        problem = address_refusal(ip, allowlist)
+        if problem is not None:
+            raise endpoint_not_allowed(f"the S3 endpoint {host} resolves to {problem}; no request was sent")
+    return ips[0]
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the address that was checked, not to a name resolved again."""
+
+    def __init__(self, host: str, port: int, ip: str, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._ip = ip
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """As above, with TLS verified against the endpoint's name (SNI and certificate)."""
+
+    def __init__(self, host: str, port: int, ip: str, timeout: float, context: ssl.SSLContext):
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._ip = ip
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
 class S3Object:
     """One object to GET, read as a stream of chunks, resumed on connection errors."""
 
@@ -152,6 +227,8 @@ class S3Object:
         timeout: float = 60.0,
         connect_host: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        allowlist: tuple[str, ...] = (),
+        getaddrinfo: Callable = socket.getaddrinfo,
     ):
         self.addr = address(endpoint, bucket, key, force_path_style)
         self.url = f"s3://{bucket}/{key}"
@@ -161,16 +238,19 @@ class S3Object:
         # Tests reach a virtual-host-style name on loopback without DNS, like curl --resolve.
         self.connect_host = connect_host or self.addr.host
         self.sleep = sleep
+        self.allowlist = allowlist
+        self.getaddrinfo = getaddrinfo
+        self._ip: str | None = None  # resolved and checked once, then used for every connection
         self.length: int | None = None
         self._etag: str | None = None
 
     def _connection(self) -> http.client.HTTPConnection:
+        if self._ip is None:
+            self._ip = resolve(self.connect_host, self.addr.port, self.allowlist, self.getaddrinfo)
         if self.addr.scheme == "https":
-            return http.client.HTTPSConnection(
-                self.connect_host, self.addr.port, timeout=self.timeout,
-                context=ssl.create_default_context(),
-            )
-        return http.client.HTTPConnection(self.connect_host, self.addr.port, timeout=self.timeout)
+            return _PinnedHTTPSConnection(self.addr.host, self.addr.port, self._ip, self.timeout,
+                                          ssl.create_default_context())
+        return _PinnedHTTPConnection(self.connect_host, self.addr.port, self._ip, self.timeout)
 
     def _open(self, offset: int) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         headers: dict[str, str] = {}
