@@ -4,6 +4,8 @@
   with a short doubling backoff, a bounded number of times.
 - 409 is not retried here: a conflict means the object changed under us, so the
   caller reads it again and decides anew (see handlers.reconcile).
+- A Job that can never be created (400, 403, 404, 422, an exceeded quota, or its name held by a
+  foreign Job) raises JobRefused with a final reason (`job_refusal`), never a retry.
 - Secrets are never read: the runner mounts them; the operator only names them.
 - Of a PersistentVolumeClaim, only its metadata and status are kept.
 - A SubjectAccessReview asks whether a restore's requester may restore into its target, after the
