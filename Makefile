@@ -45,12 +45,17 @@ crds: install ## Generate crds/ (and the Helm chart's copy) from the pydantic mo
 	$(PY) -m daoflow_operator.api.crdgen crds helm/daoflow-operator/crds
 
 .PHONY: test-deps
-test-deps: ## Install the system packages the tests need (openssl, PostgreSQL, zstd), if missing
+test-deps: ## Install the system packages the tests need (openssl, PostgreSQL, zstd, bsdtar), if missing
 	@bash hack/install-storage.sh
 
 .PHONY: test
 test: install test-deps node-deps ## Run the whole test suite (starts the local control plane and its real node once)
 	$(PY) -m pytest
+
+.PHONY: fuzz
+fuzz: install test-deps ## Differential tar corpus, longer: DAOFLOW_FUZZ_EXAMPLES archives (5000), a random seed it prints
+	DAOFLOW_FUZZ_EXAMPLES=$${DAOFLOW_FUZZ_EXAMPLES:-5000} DAOFLOW_FUZZ_SEED=$${DAOFLOW_FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')} \
+		$(PY) -m pytest -p no:cacheprovider tests/runner/test_runner_differential.py
 
 .PHONY: bench
 bench: install ## Latency from applying a BackupRestore to its plan and to its Job (p50/p99)
