@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import kmock as kmock_lib
 import kubernetes
 
 from daoflow_operator import access, handlers
@@ -71,6 +72,19 @@ def declare(kmock, refused: tuple[str, ...] = ()) -> None:
         "metadata": {"name": "shared", "namespace": "ns", "uid": "uid-dest"},
         "spec": {"persistentVolumeClaim": {"claimName": "backups"}},
     }
+
+
+def failure(code: int, message: str, reason: str | None = None) -> dict:
+    """The Status body of an API error, for injected faults."""
+    body = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code, "message": message}
+    if reason:
+        body["reason"] = reason
+    return body
+
+
+def status_patches(k8s, name: str = "r1") -> list:
+    """The requests that patched the status of restore `name`."""
+    return [r for r in k8s["patch", kmock_lib.resource(RESTORES)] if r.url.path.endswith(f"/{name}/status")]
 
 
 def restore(name: str = "r1") -> dict:

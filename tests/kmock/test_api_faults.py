@@ -12,12 +12,11 @@ import pytest
 
 from daoflow_operator import handlers
 from fault_aware import FaultAwareEmulator
-from kmock_world import JOBS, RESTORES, declare, operator_for, restore
+from kmock_world import JOBS, RESTORES, declare, failure, operator_for, restore, status_patches
 
 
 def status(code: int, reason: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code, "reason": reason,
-            "message": f"injected {code}"}
+    return failure(code, f"injected {code}", reason)
 
 
 @pytest.fixture
@@ -25,10 +24,6 @@ def k8s(kmock):
     declare(kmock)
     kmock.objects[RESTORES, "ns", "r1"] = restore("r1")
     return kmock
-
-
-def status_patches(k8s) -> list:
-    return [r for r in k8s["patch", kmock.resource(RESTORES)] if r.url.path.endswith("/r1/status")]
 
 
 @pytest.mark.kmock(cls=FaultAwareEmulator)

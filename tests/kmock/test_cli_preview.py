@@ -12,7 +12,7 @@ import pytest
 
 from daoflow_operator import cli
 from daoflow_operator.api import models
-from kmock_world import CLAIMS, RUNS, declare
+from kmock_world import CLAIMS, RUNS, declare, failure
 
 
 @pytest.fixture
@@ -49,9 +49,8 @@ async def test_a_preview_into_a_missing_claim_is_rejected(k8s):
 
 
 async def test_a_preview_without_access_to_the_claim_says_unknown(k8s):
-    k8s["get", kmock.resource(CLAIMS)] << 403 << {
-        "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403, "reason": "Forbidden",
-        "message": 'persistentvolumeclaims "data" is forbidden: User "alice" cannot get resource'}
+    k8s["get", kmock.resource(CLAIMS)] << 403 << failure(
+        403, 'persistentvolumeclaims "data" is forbidden: User "alice" cannot get resource', "Forbidden")
     result = await preview(k8s)
     check = target_check(result)
     assert check["status"] == "unknown"
@@ -101,8 +100,7 @@ async def test_a_preview_of_a_user_who_may_not_restore_shows_the_failed_check(k8
 
 
 async def test_a_preview_whose_question_fails_says_unknown(k8s):
-    k8s["post", kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreviews")] << 500 << {
-        "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500, "message": "boom"}
+    k8s["post", kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreviews")] << 500 << failure(500, "boom")
     result = await preview(k8s)
     check = authorized_check(result)
     assert check["status"] == "unknown" and check["detail"].startswith(

@@ -8,12 +8,7 @@ import pytest
 
 from daoflow_operator import handlers
 from fault_aware import FaultAwareEmulator
-from kmock_world import JOBS, LEASES, RESTORES, declare, operator_for, restore
-
-
-def failure(code: int, reason: str, message: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code, "reason": reason,
-            "message": message}
+from kmock_world import JOBS, LEASES, RESTORES, declare, failure, operator_for, restore, status_patches
 
 
 @pytest.fixture
@@ -21,10 +16,6 @@ def k8s(kmock):
     declare(kmock)
     kmock.objects[RESTORES, "ns", "r1"] = restore("r1")
     return kmock
-
-
-def status_patches(k8s) -> list:
-    return [r for r in k8s["patch", kmock.resource(RESTORES)] if r.url.path.endswith("/r1/status")]
 
 
 def ready(k8s) -> dict:
@@ -43,7 +34,7 @@ QUOTA = ('jobs.batch "r1-restore" is forbidden: exceeded quota: jobs, requested:
     (403, "Forbidden", QUOTA, "QuotaExceeded"),
 ])
 async def test_a_job_refused_for_good_rejects_the_restore_once(k8s, code, kind, message, reason):
-    k8s["create", kmock.resource(JOBS)] << code << failure(code, kind, message)
+    k8s["create", kmock.resource(JOBS)] << code << failure(code, message, kind)
     operator = operator_for(k8s)
     released = []  # kmock's Lease has no uid to delete on: the release is observed, not sent
     operator.kube.release_lease = lambda *args: released.append(args)
@@ -86,7 +77,7 @@ async def test_a_foreign_job_with_the_restore_jobs_name_is_a_final_reason(k8s):
 
 @pytest.mark.kmock(cls=FaultAwareEmulator)
 async def test_a_transient_error_backs_off_doubling_up_to_a_cap(k8s):
-    k8s["create", kmock.resource(JOBS)] << 503 << {"Retry-After": "0"} << failure(503, "ServiceUnavailable", "later")
+    k8s["create", kmock.resource(JOBS)] << 503 << {"Retry-After": "0"} << failure(503, "later", "ServiceUnavailable")
     queue = operator_for(k8s).queue
     delays = [queue.failure_delay(("ns", "r1")) for _ in range(9)]
     assert delays == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0]

@@ -7,7 +7,7 @@ from kubernetes.client.exceptions import ApiException
 
 from daoflow_operator import access
 from fault_aware import FaultAwareEmulator
-from kmock_world import JOBS, LEASES, RESTORES, REVIEW, SARS, declare, operator_for, restore
+from kmock_world import JOBS, LEASES, RESTORES, REVIEW, SARS, declare, failure, operator_for, restore
 
 BASE = "/apis/backup.daoflow.dev/v1alpha1/namespaces/ns"
 EVENT = ("POST", "/api/v1/namespaces/ns/events")
@@ -81,11 +81,9 @@ async def test_a_restore_created_before_the_policies_is_not_trusted(kmock):
 async def test_a_failing_review_is_retried_and_never_taken_for_a_yes(kmock):
     declare(kmock)
     kmock.objects[RESTORES, "ns", "r1"] = restore("r1")
-    kmock["post", kmock.resource(SARS)][:1] << 500 << {"apiVersion": "v1", "kind": "Status", "status": "Failure",
-                                                      "code": 500, "message": "etcd is slow"}
-    kmock["post", kmock.resource(SARS)][1:2] << 403 << {"apiVersion": "v1", "kind": "Status", "status": "Failure",
-                                                      "code": 403, "reason": "Forbidden",
-                                                      "message": "cannot create subjectaccessreviews"}
+    kmock["post", kmock.resource(SARS)][:1] << 500 << failure(500, "etcd is slow")
+    kmock["post", kmock.resource(SARS)][1:2] << 403 << failure(
+        403, "cannot create subjectaccessreviews", "Forbidden")
     operator = operator_for(kmock)
     # The 500 is retried, the 403 is not: the pass fails, writes nothing, and is looked at again later.
     with pytest.raises(ApiException) as refused:

@@ -9,7 +9,7 @@ import pytest
 
 from daoflow_operator import targets
 from fault_aware import FaultAwareEmulator
-from kmock_world import JOBS, LEASES, PODS, RESTORES, REVIEW, SHA, declare, operator_for, restore
+from kmock_world import JOBS, LEASES, PODS, RESTORES, REVIEW, SHA, declare, failure, operator_for, restore
 
 BASE = "/apis/backup.daoflow.dev/v1alpha1/namespaces/ns"
 LEASE_NAME = targets.lease_name("pvc/data")
@@ -126,8 +126,7 @@ async def test_a_pod_of_an_ended_restore_that_still_runs_on_the_target_keeps_it_
 @pytest.mark.kmock(cls=FaultAwareEmulator)
 async def test_a_pod_of_a_restore_that_took_the_target_between_two_reads_is_not_taken_for_one_that_ended(k8s):
     # r2 reads no Lease; r1 takes the target and its pod starts; then r2 lists the target's pods.
-    not_yet = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 404, "reason": "NotFound",
-               "message": "injected"}
+    not_yet = failure(404, "injected", "NotFound")
     k8s["fetch", kmock.resource(LEASES)][:1] << 404 << not_yet
     k8s.objects[LEASES, "ns", LEASE_NAME] = lease("r1")
     k8s.objects[RESTORES, "ns", "r1"] = {**restore("r1"), "status": {"phase": "Queued", "jobRef": {"name": "r1-restore"}}}
@@ -151,8 +150,7 @@ async def test_a_pod_of_a_restore_that_took_the_target_between_two_reads_is_not_
 
 @pytest.mark.kmock(cls=FaultAwareEmulator)
 async def test_a_lost_race_for_the_target_reads_everything_again(k8s):
-    conflict = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 409, "reason": "AlreadyExists",
-                "message": "injected"}
+    conflict = failure(409, "injected", "AlreadyExists")
     fault = k8s["create", kmock.resource(LEASES)][:1] << 409 << conflict
     k8s.objects[RESTORES, "ns", "r2"] = restore("r2")
 
