@@ -4,44 +4,20 @@ the target as it was; one whose counts are right is restored."""
 
 from __future__ import annotations
 
-import tarfile
-from pathlib import Path
-
 import pytest
-import zstandard
 
+from artifacts import archive_counts
 from backups import (ARTIFACT_PATH, backup_run, condition, destination, restore, snapshot, source_tree,
                      succeeded_with_artifact, wait_phase)
 
-pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(autouse=True)
-def _real_node(cluster):
-    if not cluster.real_node:
-        reason = cluster.local.node_unavailable if cluster.local is not None else "not the local control plane"
-        pytest.skip(f"needs the local control plane's real node: {reason}")
-
-
-def artifact_counts(path: Path) -> dict:
-    """`files` and `uncompressedBytes` of a tar+zstd artifact, as a backup tool would record them
-    (docs/runner.md): every member but the archive's root, and the regular files' sizes."""
-    files = size = 0
-    with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as raw, \
-            tarfile.open(fileobj=raw, mode="r|") as tf:
-        for member in tf:
-            if member.name.strip("/") in ("", "."):
-                continue
-            files += 1
-            if member.isreg():
-                size += member.size
-    return {"files": files, "uncompressedBytes": size}
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("real_node")]
 
 
 def counted_run(cluster, namespace, files_delta: int = 0) -> dict:
     destination(cluster, namespace)
     status = succeeded_with_artifact(cluster, namespace)
-    counts = artifact_counts(cluster.volume_dir(f"{namespace}-backups") / ARTIFACT_PATH)
+    files, size = archive_counts(cluster.volume_dir(f"{namespace}-backups") / ARTIFACT_PATH, "tar+zstd")
+    counts = {"files": files, "uncompressedBytes": size}
     counts["files"] += files_delta
     status["artifact"].update(counts)
     run = backup_run(cluster, namespace, status=status)

@@ -23,14 +23,7 @@ from cluster_helpers import wait_until
 from daoflow_operator import jobs as jobs_
 from daoflow_operator.config import Config
 
-pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(autouse=True)
-def _real_node(cluster):
-    if not cluster.real_node:
-        reason = cluster.local.node_unavailable if cluster.local is not None else "not the local control plane"
-        pytest.skip(f"needs the local control plane's real node: {reason}")
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("real_node")]
 
 
 def pod_logs(cluster, namespace: str, name: str) -> str:

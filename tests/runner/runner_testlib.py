@@ -121,14 +121,25 @@ class Run:
         return self.stdout + self.stderr + self.report_text
 
 
-def run_runner(plan: dict, workdir: Path, env: dict | None = None, timeout: float = 300) -> Run:
-    """Run the runner as the Job does: a separate process, a plan file, a report file."""
+def _plan_files(plan: dict, workdir: Path) -> tuple[Path, Path]:
+    """The plan file the runner reads, and a fresh report file for it to write, as in the Job."""
     workdir.mkdir(parents=True, exist_ok=True)
     plan_file = workdir / "plan.json"
     report_file = workdir / "termination-log"
     plan_file.write_text(json.dumps(plan))
-    if report_file.exists():
-        report_file.unlink()
+    report_file.unlink(missing_ok=True)
+    return plan_file, report_file
+
+
+def _result(code: int, stdout: str, stderr: str, report_file: Path) -> Run:
+    report_text = report_file.read_text() if report_file.exists() else ""
+    lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    return Run(code, stdout, stderr, report_text, lines)
+
+
+def run_runner(plan: dict, workdir: Path, env: dict | None = None, timeout: float = 300) -> Run:
+    """Run the runner as the Job does: a separate process, a plan file, a report file."""
+    plan_file, report_file = _plan_files(plan, workdir)
     full_env = dict(os.environ)
     full_env.setdefault("DAOFLOW_PROGRESS_INTERVAL_SECONDS", "0.5")
     full_env.update(env or {})
@@ -136,9 +147,7 @@ def run_runner(plan: dict, workdir: Path, env: dict | None = None, timeout: floa
         RUNNER + ["--plan", str(plan_file), "--report", str(report_file)],
         capture_output=True, text=True, env=full_env, timeout=timeout,
     )
-    report_text = report_file.read_text() if report_file.exists() else ""
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    return Run(proc.returncode, proc.stdout, proc.stderr, report_text, lines)
+    return _result(proc.returncode, proc.stdout, proc.stderr, report_file)
 
 
 def compress(data_path: Path, fmt: str, out: Path) -> Path:
@@ -229,20 +238,13 @@ def run_main(plan: dict, workdir: Path, env: dict | None = None) -> Run:
 
     from daoflow_operator.runner.main import main
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    plan_file = workdir / "plan.json"
-    report_file = workdir / "termination-log"
-    plan_file.write_text(json.dumps(plan))
-    if report_file.exists():
-        report_file.unlink()
+    plan_file, report_file = _plan_files(plan, workdir)
     out, err = _io.StringIO(), _io.StringIO()
     values = {"DAOFLOW_RUNNER_SYNC": "false", "DAOFLOW_PROGRESS_INTERVAL_SECONDS": "0.5"}
     values.update(env or {})
     with mock.patch.dict(os.environ, values), contextlib.redirect_stderr(err):
         code = main(["--plan", str(plan_file), "--report", str(report_file)], stdout=out, stderr=err)
-    report_text = report_file.read_text() if report_file.exists() else ""
-    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
-    return Run(code, out.getvalue(), err.getvalue(), report_text, lines)
+    return _result(code, out.getvalue(), err.getvalue(), report_file)
 
 
 def volume_plan(artifact: Path, target: Path, fmt: str = "tar", existing: str | None = None,

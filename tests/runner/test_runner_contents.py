@@ -7,28 +7,12 @@ import os
 import tarfile
 
 import pytest
-import zstandard
 
+from artifacts import archive_counts
 from daoflow_operator.runner.failures import exit_code
 from runner_testlib import compress_bytes, info, run_main, snapshot, tar_bytes, volume_plan
 
 FORMATS = ["tar", "tar+gzip", "tar+zstd"]
-
-
-def archive_counts(path, fmt: str) -> tuple[int, int]:
-    """(files, uncompressedBytes) as docs/runner.md defines them, computed with Python's tarfile:
-    every member but the archive's root, and the sum of the regular files' sizes."""
-    with open(path, "rb") as f:
-        raw = zstandard.ZstdDecompressor().stream_reader(f) if fmt == "tar+zstd" else f
-        with tarfile.open(fileobj=raw, mode="r|gz" if fmt == "tar+gzip" else "r|") as tf:
-            files = size = 0
-            for member in tf:
-                if member.name.strip("/") in ("", "."):
-                    continue
-                files += 1
-                if member.isreg():
-                    size += member.size
-    return files, size
 
 
 def members(names: list[str]) -> list:
@@ -60,10 +44,14 @@ def counted_plan(artifact, target, fmt="tar", existing=None, files=None, uncompr
     return plan
 
 
-def old_data(target):
+def make_target(tmp_path, existing: str):
+    """The restore's target: empty, or holding old data that a Replace must keep on failure."""
+    target = tmp_path / "target"
     target.mkdir()
-    (target / "old.txt").write_text("old data\n")
-    os.utime(target / "old.txt", (1_600_000_000, 1_600_000_000))
+    if existing == "Replace":
+        (target / "old.txt").write_text("old data\n")
+        os.utime(target / "old.txt", (1_600_000_000, 1_600_000_000))
+    return target
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -96,11 +84,7 @@ def test_the_sample_tree_matches_its_counts_in_every_format(fmt, sample, tmp_pat
 def test_a_wrong_files_count_is_a_content_mismatch_and_changes_nothing(existing, tmp_path):
     artifact = write_artifact(tmp_path, FULL)
     files, size = archive_counts(artifact, "tar")
-    target = tmp_path / "target"
-    if existing == "Replace":
-        old_data(target)
-    else:
-        target.mkdir()
+    target = make_target(tmp_path, existing)
     before = snapshot(target)
     run = run_main(counted_plan(artifact, target, existing=existing, files=files + 1, uncompressed=size),
                    tmp_path / "job")
@@ -117,11 +101,7 @@ def test_a_wrong_files_count_is_a_content_mismatch_and_changes_nothing(existing,
 def test_a_wrong_uncompressed_bytes_count_is_a_content_mismatch(existing, tmp_path):
     artifact = write_artifact(tmp_path, FULL, "tar+zstd")
     files, size = archive_counts(artifact, "tar+zstd")
-    target = tmp_path / "target"
-    if existing == "Replace":
-        old_data(target)
-    else:
-        target.mkdir()
+    target = make_target(tmp_path, existing)
     before = snapshot(target)
     run = run_main(counted_plan(artifact, target, "tar+zstd", existing=existing, files=files,
                                 uncompressed=size - 1), tmp_path / "job")
@@ -138,8 +118,7 @@ def test_an_archive_missing_members_is_caught_by_the_counts_of_the_real_tree(tmp
     real = write_artifact(tmp_path / "real", FULL)
     files, size = archive_counts(real, "tar")
     short = write_artifact(tmp_path, FULL[:2])
-    target = tmp_path / "target"
-    old_data(target)
+    target = make_target(tmp_path, "Replace")
     before = snapshot(target)
     run = run_main(counted_plan(short, target, existing="Replace", files=files, uncompressed=size),
                    tmp_path / "job")
