@@ -29,7 +29,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -471,8 +470,3 @@ class RealNode:
             self.cgroup_root = ""
         with contextlib.suppress(FileNotFoundError):
             self.connect_socket.unlink()
-
-
-def clear_dir(path: Path) -> None:
-    """Removes a node folder; overlay work dirs can hold root-only 0000 folders."""
-    shutil.rmtree(path, ignore_errors=True)
