@@ -75,6 +75,14 @@ def cluster(request, tmp_path_factory) -> Cluster:
 
 
 @pytest.fixture
+def real_node(cluster):
+    """Skips, saying why, where the local control plane runs no real node."""
+    if not cluster.real_node:
+        reason = cluster.local.node_unavailable if cluster.local is not None else "not the local control plane"
+        pytest.skip(f"needs the local control plane's real node: {reason}")
+
+
+@pytest.fixture
 def namespace(cluster) -> str:
     """A fresh namespace per test, deleted afterwards (without waiting for it to go)."""
     name = f"t-{uuid.uuid4().hex[:10]}"

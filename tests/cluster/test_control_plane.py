@@ -36,9 +36,8 @@ def test_a_job_runs_to_complete_through_kwok(cluster, namespace):
     assert pod["spec"]["nodeName"] == "kwok-node-0"
 
 
+@pytest.mark.usefixtures("real_node")
 def test_a_job_runs_in_a_real_container_on_the_real_node(cluster, namespace):
-    if not cluster.real_node:
-        pytest.skip(f"no real node: {cluster.local.node_unavailable if cluster.local else 'not the local cluster'}")
     pod = _run_job(cluster, namespace, "hello-real", {
         "automountServiceAccountToken": False,
         "containers": [{"name": "main", "image": "localhost/busybox:daoflow", "imagePullPolicy": "Never",

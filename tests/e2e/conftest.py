@@ -127,14 +127,6 @@ def operator(start_operator):
     return start_operator()
 
 
-@pytest.fixture
-def real_node(cluster):
-    """Skips, saying why, where the local control plane runs no real node."""
-    if not cluster.real_node:
-        reason = cluster.local.node_unavailable if cluster.local is not None else "not the local control plane"
-        pytest.skip(f"needs the local control plane's real node: {reason}")
-
-
 @pytest.fixture(autouse=True)
 def _crds_installed(installed):
     """Every end-to-end test runs with the project's CRDs and RBAC in place."""
