@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import shutil
 
 import pytest
@@ -288,15 +289,27 @@ def test_non_root_runner_replaces_data_with_read_only_folders(sample):
                         target=target_of(target), existing="Replace")
         with open(os.path.join(base, "plan.json"), "w") as f:
             json.dump(plan, f)
-        prefix = []
+        prefix, command, env = [], RUNNER, None
         if os.geteuid() == 0:
             for dirpath, dirnames, filenames in os.walk(base):
                 for name in [dirpath] + [os.path.join(dirpath, n) for n in filenames]:
                     os.lchown(name, 65534, 65534)
             prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        proc = subprocess.run(prefix + RUNNER + ["--plan", os.path.join(base, "plan.json"),
-                                                 "--report", os.path.join(base, "report")],
-                              capture_output=True, text=True, timeout=300)
+            # The checkout and its venv may sit in a folder only root can enter (mktemp -d): give
+            # `nobody` its own copy of what the runner imports, as the image does.
+            import daoflow_operator
+            import zstandard
+
+            lib = os.path.join(base, "lib")
+            for module in (daoflow_operator, zstandard):
+                folder = os.path.dirname(module.__file__)
+                shutil.copytree(folder, os.path.join(lib, os.path.basename(folder)),
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            command = [os.path.realpath(sys.executable), "-m", "daoflow_operator.runner"]
+            env = {**os.environ, "PYTHONPATH": lib, "PYTHONDONTWRITEBYTECODE": "1"}
+        proc = subprocess.run(prefix + command + ["--plan", os.path.join(base, "plan.json"),
+                                                  "--report", os.path.join(base, "report")],
+                              capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert snapshot(target) == snapshot(sample.tree)
     finally:
