@@ -3,7 +3,8 @@
 Runs on the local control plane (started here, unless KUBECONFIG is set and
 DAOFLOW_BENCH_EXISTING_CLUSTER=1), with the operator as its ServiceAccount, like
 the end-to-end tests. Restores are applied one at a time, so this measures latency,
-not throughput. Beside it, in the same run, the baseline: how long the API server
+not throughput. Each real restore has a target claim of its own: restores into one target run
+one at a time (the target's Lease), and the wait for the previous one is not the operator's latency. Beside it, in the same run, the baseline: how long the API server
 takes to show a created BackupRestore to a watch at all, with no operator involved.
 
     python bench/restore_latency.py [--count 60] [--gap 0.2]
@@ -119,7 +120,7 @@ def main() -> int:
         run = lambda *a, **kw: dev.kubectl(kubeconfig, *a, **kw)  # noqa: E731
         subprocess.run([dev.kubectl_path(), f"--kubeconfig={kubeconfig}", "create", "namespace", NAMESPACE],
                        capture_output=True)
-        run("apply", "-f", "-", input=BENCH_OBJECTS)
+        run("apply", "-f", "-", input=BENCH_OBJECTS + "".join(target_claim(i) for i in range(args.count)))
         run("patch", "backuprun", "nightly", "-n", NAMESPACE, "--subresource=status", "--type=merge", "-p",
             '{"status": {"phase": "Succeeded", "completionTime": "2026-11-27T02:00:00Z", "artifact": '
             '{"path": "a/b.tar.zst", "format": "tar+zstd", "sizeBytes": 1, "sha256": "' + "a" * 64 + '"}}}')
@@ -135,10 +136,11 @@ def main() -> int:
         watcher.start()
         time.sleep(3)  # the operator's watches are established
 
-        def apply(name: str, dry_run: bool) -> float:
+        def apply(name: str, dry_run: bool, i: int) -> float:
             body = {"apiVersion": models.API_VERSION, "kind": "BackupRestore",
                     "metadata": {"name": name, "namespace": NAMESPACE},
-                    "spec": {"backupRunRef": {"name": "nightly"}, "dryRun": dry_run}}
+                    "spec": {"backupRunRef": {"name": "nightly"}, "dryRun": dry_run,
+                             "target": {"persistentVolumeClaim": {"claimName": f"target-{i:03d}"}}}}
             t0 = time.perf_counter()
             api.create_namespaced_custom_object(models.GROUP, models.VERSION, NAMESPACE, "backuprestores", body)
             return t0
@@ -147,7 +149,7 @@ def main() -> int:
         for i in range(args.count):
             for dry in (True, False):
                 name = f"{'dry' if dry else 'real'}-{i:03d}"
-                t0 = apply(name, dry)
+                t0 = apply(name, dry, i)
                 if not wait_for(lambda: name in watcher.plan and (dry or name in watcher.job), 60):
                     print(f"timed out on {name}; see {log.name}")
                     return 1
@@ -214,6 +216,31 @@ spec:
     type: volume
     persistentVolumeClaim: {{claimName: backups}}
 """
+
+
+def target_claim(i: int) -> str:
+    """A claim per real restore, bound to a volume of its own, so its simulated pod schedules."""
+    return f"""---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: bench-target-{i:03d}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  hostPath: {{path: /var/tmp/bench-target-{i:03d}}}
+  claimRef: {{namespace: {NAMESPACE}, name: target-{i:03d}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: target-{i:03d}, namespace: {NAMESPACE}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  volumeName: bench-target-{i:03d}
+  resources: {{requests: {{storage: 1Gi}}}}
+"""
+
 
 if __name__ == "__main__":
     sys.exit(main())
