@@ -121,7 +121,8 @@ def recheck(namespace: str, run_name: str, requester: Requester) -> Review:
     return Review(namespace, "backupruns", run_name, "", requester, group=GROUP)
 
 
-def _time(value: str | None) -> datetime | None:
+def parse_time(value: str | None) -> datetime | None:
+    """An API timestamp (RFC 3339); None when absent or malformed."""
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
     except ValueError:
@@ -133,13 +134,13 @@ def untrusted(restore: dict, policies: dict[str, dict | None]) -> str | None:
 
     `policies`: RECORDING_POLICIES' objects as read, by resource (None: it does not exist).
     """
-    created = _time((restore.get("metadata") or {}).get("creationTimestamp"))
+    created = parse_time((restore.get("metadata") or {}).get("creationTimestamp"))
     for resource, name in RECORDING_POLICIES:
         obj = policies.get(resource)
         what = f"the {_KINDS[resource]} {name} (manifests/scopes.yaml)"
         if obj is None:
             return f"{what} is not installed, so the annotation {REQUESTED_BY} is whatever the client wrote"
-        since = _time((obj.get("metadata") or {}).get("creationTimestamp"))
+        since = parse_time((obj.get("metadata") or {}).get("creationTimestamp"))
         if created is None or since is None or since >= created:
             return f"{what} was installed after this BackupRestore was created, so its annotation " \
                    f"{REQUESTED_BY} may be whatever the client wrote"

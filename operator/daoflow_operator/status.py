@@ -106,21 +106,14 @@ def fmt_time(now: datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-    except ValueError:
-        return None
-
-
 def wait_deadline(restore: dict, now: datetime) -> datetime:
     """When waiting without a Job ends: creationTimestamp + spec.waitTimeoutSeconds, so it is fixed at
     creation and the same after a restart; the recorded one (or now + the timeout) without a timestamp."""
     seconds = models.BackupRestoreSpec.model_validate(restore.get("spec") or {}).wait_timeout_seconds
-    created = _parse_time((restore.get("metadata") or {}).get("creationTimestamp"))
+    created = access.parse_time((restore.get("metadata") or {}).get("creationTimestamp"))
     if created is not None:
         return created + timedelta(seconds=seconds)
-    recorded = _parse_time((restore.get("status") or {}).get("waitDeadlineTime"))
+    recorded = access.parse_time((restore.get("status") or {}).get("waitDeadlineTime"))
     return recorded or now.replace(microsecond=0) + timedelta(seconds=seconds)
 
 
@@ -367,6 +360,10 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
             target = observed.target
             if target is None:
                 raise ValueError("a real restore needs its target's holder observed before its Job is created")
+            if left <= 0:
+                waited = target.message if target.state == "busy" else \
+                    f"{(get_condition(old, READY) or {}).get('message') or verdict.message} (ready only after the deadline)"
+                return expired(waited, "queue")
             if (get_condition(old, VALIDATED) or {}).get("status") != "True":
                 audit(status, now, "validate", "ok", verdict.message)
                 events.append(Event("Normal", "Validated", verdict.message))
@@ -380,8 +377,6 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                     events.append(Event("Normal", TARGET_BUSY, target.message))
                 set_condition(status, STARTED, "False", TARGET_BUSY, target.message, generation, now)
                 set_condition(status, READY, "False", TARGET_BUSY, target.message, generation, now)
-                if left <= 0:
-                    return expired(target.message, "queue")
                 decision.requeue_after = max(left, 1.0)
                 if target.pod_running:
                     # A pod going away sends no event we watch.
@@ -393,9 +388,6 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                 status["observedGeneration"] = generation
                 status["phase"] = derive_phase(status)
                 return decision
-            if left <= 0:
-                waited = (get_condition(old, READY) or {}).get("message") or verdict.message
-                return expired(f"{waited} (ready only after the deadline)", "queue")
             if ask or ask_again:
                 # Right before the Job: then decide again with the answers.
                 return Decision(status=old, review=question if ask else None, recheck=again if ask_again else None)
