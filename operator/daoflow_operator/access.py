@@ -13,6 +13,10 @@ which runs with the operator's rights, at any claim or database of the namespace
 - The question is asked once, right before the Job would be created (a dry run: when its plan is
   done): a SubjectAccessReview for the requester. The CLI's preview asks for its own user, with a
   SelfSubjectAccessReview.
+- A real restore's requester is also asked again, on that same pass, whether they may still
+  `restore` the BackupRun (`recheck`): admission checked it at creation, but a restore may wait
+  long, and a right revoked meanwhile must stop it (RequesterNoLongerAuthorized). A dry run is not
+  asked: it needs only the read scope, and creates nothing to stop.
 - An explicit `spec.target` is also checked at admission (the CEL `authorizer`); the operator checks
   it again, so a cluster without the policies is safe too.
 """
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from . import targets
+from .api.models import GROUP
 from .planning import Authorization
 
 # Written at admission by the MutatingAdmissionPolicy in manifests/scopes.yaml.
@@ -57,11 +62,12 @@ class Review:
     """The question: may `requester` (None: the caller itself) `restore` on `resource/name` in `namespace`?"""
 
     namespace: str
-    resource: str  # persistentvolumeclaims or secrets, of the core group
+    resource: str  # persistentvolumeclaims or secrets, of the core group; or backupruns (`recheck`)
     name: str
-    target_key: str
+    target_key: str  # "" for the BackupRun
     requester: Requester | None = None
     caller: str = ""  # without a requester: the caller's own name, when known
+    group: str = ""
 
     @property
     def who(self) -> str:
@@ -69,7 +75,8 @@ class Review:
 
     @property
     def needs(self) -> str:
-        return f"the verb {VERB} on {self.resource}/{self.name} in namespace {self.namespace}"
+        resource = f"{self.resource}.{self.group}" if self.group else self.resource
+        return f"the verb {VERB} on {resource}/{self.name} in namespace {self.namespace}"
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,13 @@ def review(namespace: str, target: dict | None, requester: Requester | None = No
     return Review(namespace, "persistentvolumeclaims" if kind == "pvc" else "secrets", name, key, requester)
 
 
-def _time(value: str | None) -> datetime | None:
+def recheck(namespace: str, run_name: str, requester: Requester) -> Review:
+    """The question asked again at dispatch: may the requester still restore the BackupRun?"""
+    return Review(namespace, "backupruns", run_name, "", requester, group=GROUP)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An API timestamp (RFC 3339); None when absent or malformed."""
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
     except ValueError:
@@ -121,13 +134,13 @@ def untrusted(restore: dict, policies: dict[str, dict | None]) -> str | None:
 
     `policies`: RECORDING_POLICIES' objects as read, by resource (None: it does not exist).
     """
-    created = _time((restore.get("metadata") or {}).get("creationTimestamp"))
+    created = parse_time((restore.get("metadata") or {}).get("creationTimestamp"))
     for resource, name in RECORDING_POLICIES:
         obj = policies.get(resource)
         what = f"the {_KINDS[resource]} {name} (manifests/scopes.yaml)"
         if obj is None:
             return f"{what} is not installed, so the annotation {REQUESTED_BY} is whatever the client wrote"
-        since = _time((obj.get("metadata") or {}).get("creationTimestamp"))
+        since = parse_time((obj.get("metadata") or {}).get("creationTimestamp"))
         if created is None or since is None or since >= created:
             return f"{what} was installed after this BackupRestore was created, so its annotation " \
                    f"{REQUESTED_BY} may be whatever the client wrote"
@@ -136,7 +149,7 @@ def untrusted(restore: dict, policies: dict[str, dict | None]) -> str | None:
 
 def sar_body(question: Review) -> dict:
     """A SubjectAccessReview for the requester, or a SelfSubjectAccessReview without one."""
-    attributes = {"namespace": question.namespace, "verb": VERB, "group": "", "resource": question.resource,
+    attributes = {"namespace": question.namespace, "verb": VERB, "group": question.group, "resource": question.resource,
                   "name": question.name}
     if question.requester is None:
         return {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
@@ -181,6 +194,17 @@ def judge(question: Review, answer: Answer) -> Authorization:
     detail = f"{question.who} may not restore into {where}: that needs {question.needs} (the scope backup:restore)"
     extra = "; ".join(x for x in (answer.reason, answer.error) if x)
     return Authorization("fail", detail + (f"; {extra}" if extra else ""))
+
+
+def judge_recheck(question: Review, answer: Answer) -> Authorization:
+    """The re-check at dispatch from the API server's answer. Anything but allowed is refused."""
+    if answer.allowed:
+        return Authorization("ok", f"{question.who} may still restore BackupRun {question.name} ({question.needs}; "
+                                   "checked again at dispatch)")
+    extra = "; ".join(x for x in (answer.reason, answer.error) if x)
+    return Authorization("fail", f"{question.who} may no longer restore BackupRun {question.name}: that needs "
+                                 f"{question.needs} (the scope backup:restore), checked again at dispatch, right "
+                                 "before the Job would have been created" + (f"; {extra}" if extra else ""))
 
 
 def could_not_ask(question: Review, error: str) -> Authorization:

@@ -8,8 +8,9 @@ the world, asks `status.decide()` what follows, and writes it:
                                  holds the target (its Lease), or the Job and (until its runner
                                  runs, or once it ended) its pods
                                  -> planning.plan / status.decide (pure)
-                                 -> once, before the Job: may the requester restore into the target?
-                                    (a SubjectAccessReview), then status.decide again
+                                 -> once, before the Job: may the requester still restore the
+                                    BackupRun, and restore into the target? (SubjectAccessReviews),
+                                    then status.decide again
                                  -> take the target's Lease (AlreadyExists = read again)
                                  -> create the Job (AlreadyExists = adopt)
                                  -> patch status, only if it changed
@@ -98,10 +99,11 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     at = now()
     decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
                               poll_interval=config.pod_start_poll_seconds)
-    if decision.review is not None:
+    if decision.review is not None or decision.recheck is not None:
         # Once, right before the Job would be created (or a dry run's plan is done): may the
-        # requester restore into the target? Then decide again, with the answer.
-        observed.authorization = authorize(kube, restore, decision.review)
+        # requester (still) restore the BackupRun, and into the target? Then decide again, with the answers.
+        observed.still_authorized, observed.authorization = authorize(kube, restore, decision.recheck,
+                                                                      decision.review)
         decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
                                   poll_interval=config.pod_start_poll_seconds)
     if decision.acquire is not None and decision.acquire.state != "ours":
@@ -135,12 +137,17 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     return decision
 
 
-def authorize(kube: Kube, restore: dict, question: access.Review) -> planning.Authorization:
-    """The requester's rights on the target: a SubjectAccessReview, if the requester is the API server's word."""
+def authorize(kube: Kube, restore: dict, recheck: access.Review | None, question: access.Review | None
+              ) -> tuple[planning.Authorization | None, planning.Authorization | None]:
+    """The requester's rights on the BackupRun (asked again at dispatch) and on the target: a
+    SubjectAccessReview each, if the requester is the API server's word."""
     problem = access.untrusted(restore, kube.requester_policies())
     if problem is not None:
-        return access.nobody(question, problem)
-    return access.judge(question, kube.review_access(question))
+        # Nobody to check: the target's check refuses it (TargetNotAuthorized), the re-check stays open.
+        return (recheck and planning.Authorization("unknown", f"not asked: {problem}"),
+                question and access.nobody(question, problem))
+    return (recheck and access.judge_recheck(recheck, kube.review_access(recheck)),
+            question and access.judge(question, kube.review_access(question)))
 
 
 def observe_target(kube: Kube, restore: dict, target_key: str) -> targets.Holder:
@@ -269,7 +276,8 @@ class Operator:
                 log.info("%s/%s changed while it was reconciled; reading it again", *key)
                 continue
             if decision is not None and decision.wait is not None:
-                return self.wait_delay(key)
+                # The backoff, but never past the wait deadline (requeue_after), which sends no event.
+                return min(self.wait_delay(key), decision.requeue_after or float("inf"))
             self.waits.pop(key, None)
             return decision.requeue_after if decision is not None else None
         return 1.0

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from . import access, planning, pods as pods_, targets
@@ -46,6 +46,8 @@ JOB_FAILED = "JobFailed"
 RESTORE_SUCCEEDED = "RestoreSucceeded"
 REPORT_MISSING = "ReportMissing"
 TARGET_BUSY = targets.TARGET_BUSY
+REQUESTER_NO_LONGER_AUTHORIZED = "RequesterNoLongerAuthorized"
+WAIT_DEADLINE_EXCEEDED = "WaitDeadlineExceeded"
 
 
 @dataclass
@@ -68,6 +70,9 @@ class Observation:
     # Whether the requester may restore into the target, asked once when the Decision says `review`
     # (None: not asked).
     authorization: planning.Authorization | None = None
+    # Whether the requester may still restore the BackupRun, asked with `authorization` on the pass that
+    # would create a real restore's Job (None: not asked).
+    still_authorized: planning.Authorization | None = None
     # The API server refused the Job for good, or its name is taken: (reason, message), from the
     # create the previous decision asked for (None: not refused).
     job_refused: tuple[str, str] | None = None
@@ -93,10 +98,23 @@ class Decision:
     # Ask the API server whether the requester may restore into the target, then decide again with
     # the answer in Observation.authorization. Nothing else of this decision is to be carried out.
     review: access.Review | None = None
+    # Likewise, on the same pass: may the requester still restore the BackupRun? (Observation.still_authorized)
+    recheck: access.Review | None = None
 
 
 def fmt_time(now: datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def wait_deadline(restore: dict, now: datetime) -> datetime:
+    """When waiting without a Job ends: creationTimestamp + spec.waitTimeoutSeconds, so it is fixed at
+    creation and the same after a restart; the recorded one (or now + the timeout) without a timestamp."""
+    seconds = models.BackupRestoreSpec.model_validate(restore.get("spec") or {}).wait_timeout_seconds
+    created = access.parse_time((restore.get("metadata") or {}).get("creationTimestamp"))
+    if created is not None:
+        return created + timedelta(seconds=seconds)
+    recorded = access.parse_time((restore.get("status") or {}).get("waitDeadlineTime"))
+    return recorded or now.replace(microsecond=0) + timedelta(seconds=seconds)
 
 
 def is_final(status: dict | None) -> bool:
@@ -259,7 +277,27 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         status["requestedBy"] = requester.user
     by = f" requested by {status['requestedBy']}" if status.get("requestedBy") else ""
 
+    def reject(reason: str, message: str, step: str) -> Decision:
+        for ctype in (VALIDATED, STARTED, READY):
+            set_condition(status, ctype, "False", reason, message, generation, now)
+        audit(status, now, step, "rejected", message)
+        events.append(Event("Warning", reason, message))
+        finish()
+        status["observedGeneration"] = generation
+        status["phase"] = derive_phase(status)
+        return decision
+
     if not status.get("jobRef"):
+        # Waiting ends at a deadline fixed at creation: a restore never runs long after it was asked for.
+        deadline = wait_deadline(restore, now)
+        status["waitDeadlineTime"] = fmt_time(deadline)
+        left = (deadline - now).total_seconds()
+
+        def expired(waited_for: str, step: str) -> Decision:
+            return reject(WAIT_DEADLINE_EXCEEDED, f"no Job was created by the wait deadline {fmt_time(deadline)} "
+                          f"({spec.wait_timeout_seconds} s after creation, spec.waitTimeoutSeconds); it waited for: "
+                          f"{waited_for}", step)
+
         # May the requester restore into the target? Asked once, when nothing else stands in the way;
         # until then the check says so, unchanged, and without a recorded requester it fails.
         question = access.review(namespace, planning.planned_target(spec, observed.run).dump(), requester)
@@ -267,11 +305,22 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         if authorization is None and question is not None:
             authorization = access.not_asked(question) if requester else access.unknown_requester(question)
         ask = observed.authorization is None and question is not None and requester is not None
+        # And, for a real restore, may the requester still restore the BackupRun? Admission checked it
+        # at creation; it is asked again on the same pass, as the Job is dispatched.
+        again = access.recheck(namespace, spec.backup_run_ref.name, requester) \
+            if requester is not None and not spec.dry_run else None
+        ask_again = again is not None and observed.still_authorized is None
         result = planning.plan(namespace, spec, observed.run, observed.destination, observed.target_claim,
                                authorization)
         verdict = result.verdict
         status["plan"] = result.plan.dump()
+        if not spec.dry_run and observed.still_authorized is not None and observed.still_authorized.status == "fail":
+            # Before the target's answer: a requester who lost the scope may restore nothing at all.
+            return reject(REQUESTER_NO_LONGER_AUTHORIZED, observed.still_authorized.detail, "queue")
+        if verdict.outcome == "wait" and left <= 0:
+            return expired(verdict.message, "validate")
         if verdict.outcome == "wait":
+            decision.requeue_after = max(left, 1.0)  # the deadline sends no event: look again then at the latest
             if set_condition(status, VALIDATED, "False", verdict.reason, verdict.message, generation, now) \
                     or (get_condition(old, VALIDATED) or {}).get("reason") != verdict.reason:
                 audit(status, now, "validate", "waiting", verdict.message)
@@ -311,6 +360,10 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
             target = observed.target
             if target is None:
                 raise ValueError("a real restore needs its target's holder observed before its Job is created")
+            if left <= 0:
+                waited = target.message if target.state == "busy" else \
+                    f"{(get_condition(old, READY) or {}).get('message') or verdict.message} (ready only after the deadline)"
+                return expired(waited, "queue")
             if (get_condition(old, VALIDATED) or {}).get("status") != "True":
                 audit(status, now, "validate", "ok", verdict.message)
                 events.append(Event("Normal", "Validated", verdict.message))
@@ -324,8 +377,10 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                     events.append(Event("Normal", TARGET_BUSY, target.message))
                 set_condition(status, STARTED, "False", TARGET_BUSY, target.message, generation, now)
                 set_condition(status, READY, "False", TARGET_BUSY, target.message, generation, now)
+                decision.requeue_after = max(left, 1.0)
                 if target.pod_running:
-                    decision.requeue_after = poll_interval  # a pod going away sends no event we watch
+                    # A pod going away sends no event we watch.
+                    decision.requeue_after = min(poll_interval, decision.requeue_after)
                 else:
                     # The end of the holder wakes this restore (handlers.restores_by_target); the
                     # backoff is only a safety net.
@@ -333,8 +388,14 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                 status["observedGeneration"] = generation
                 status["phase"] = derive_phase(status)
                 return decision
-            if ask:
-                return Decision(status=old, review=question)  # right before the Job: then decide again
+            if ask or ask_again:
+                # Right before the Job: then decide again with the answers.
+                return Decision(status=old, review=question if ask else None, recheck=again if ask_again else None)
+            if observed.still_authorized is None or observed.still_authorized.status != "ok":
+                # Unreachable while the target's check decides for an unknown requester; kept so that
+                # no Job is ever created without a yes.
+                return reject(REQUESTER_NO_LONGER_AUTHORIZED, (observed.still_authorized.detail if
+                              observed.still_authorized else "the requester is unknown"), "queue")
             if observed.job_refused is not None:
                 # The Job can never be created as it is: Rejected, final, not a retry loop. The target
                 # was taken for it in this pass: let go of it.
@@ -354,8 +415,9 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                           generation, now)
             status["jobRef"] = {"name": name}
             status["startTime"] = fmt_time(now)
-            audit(status, now, "queue", "ok", f"restore request{by} recorded; {authorization.detail}; "
-                                              f"{targets.describe(target.key)} taken; Job {name} created")
+            audit(status, now, "queue", "ok", f"restore request{by} recorded; {observed.still_authorized.detail}; "
+                                              f"{authorization.detail}; {targets.describe(target.key)} taken; "
+                                              f"Job {name} created")
             events.append(Event("Normal", "Queued", f"created Job {name} for plan {result.plan.plan_hash[:12]}"))
             decision.acquire = target
             decision.create_job = True

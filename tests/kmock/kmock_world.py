@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import kmock as kmock_lib
 import kubernetes
 
@@ -22,16 +24,18 @@ SHA = "c" * 64
 
 SARS = "authorization.k8s.io/v1/subjectaccessreviews"
 POLICY_CREATED = "2026-11-01T00:00:00Z"
-# What a pass that is about to create a Job (or finish a dry run) asks: are the requester's
-# annotations the API server's word, and may the requester restore into the target?
+# What a pass that is about to create a Job asks: are the requester's annotations the API server's
+# word, may the requester still restore the BackupRun, and may they restore into the target?
+# (A dry run's pass asks only the last.)
 REVIEW = [("GET", f"/apis/admissionregistration.k8s.io/v1/{resource}/{name}") for resource, name in
-          access.RECORDING_POLICIES] + [("POST", f"/apis/{SARS}")]
+          access.RECORDING_POLICIES] + [("POST", f"/apis/{SARS}")] * 2
 
 
-def declare(kmock, refused: tuple[str, ...] = ()) -> None:
+def declare(kmock, refused: tuple[str, ...] = (), refused_on: tuple[str, ...] = ()) -> None:
     """The kinds, with the verbs the operator uses, and a Succeeded BackupRun with its destination.
 
-    The requester policies are installed, and SubjectAccessReviews allow every user but the `refused`."""
+    The requester policies are installed, and SubjectAccessReviews allow every user but the `refused`
+    (on the resources `refused_on` only, when given)."""
     for res, kind in ((RESTORES, "BackupRestore"), (RUNS, "BackupRun"), (DESTINATIONS, "BackupDestination")):
         kmock.resources[res] = {"kind": kind, "namespaced": True, "verbs": ["get", "list", "watch", "patch", "create"],
                                 "subresources": ["status"]}
@@ -50,7 +54,8 @@ def declare(kmock, refused: tuple[str, ...] = ()) -> None:
     def answer(request):
         del kmock.objects[SARS, None, None]  # not stored, as on a real API server
         return {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": request.data["spec"],
-                "status": {"allowed": request.data["spec"].get("user") not in refused}}
+                "status": {"allowed": request.data["spec"].get("user") not in refused or bool(refused_on) and
+                           request.data["spec"]["resourceAttributes"]["resource"] not in refused_on}}
 
     (kmock ** -1)["post", kmock.resource(SARS)] << 201 << answer  # below the faults a test may add
     kmock.objects[CLAIMS, "ns", "data"] = {
@@ -91,7 +96,8 @@ def restore(name: str = "r1") -> dict:
     return {
         "apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupRestore",
         "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1, "resourceVersion": "5",
-                     "creationTimestamp": "2026-11-27T11:00:00Z",
+                     # Now: a restore's wait deadline counts from its creation.
+                     "creationTimestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                      "annotations": {access.REQUESTED_BY: "alice", access.REQUESTED_BY_GROUPS: '["system:authenticated"]'}},
         "spec": {"backupRunRef": {"name": "nightly"}},
     }

@@ -93,8 +93,9 @@ async def test_the_first_pass_reads_the_target_claim_before_it_creates_the_job(k
     assert list(k8s)[5].params["labelSelector"] == f"backup.daoflow.dev/target={targets.target_hash('pvc/data')}"
     status = k8s.objects[RESTORES, "ns", "r1"].raw["status"]
     assert {c["name"]: c["status"] for c in status["plan"]["preflightChecks"]}["targetClaim"] == "ok"
-    # Right before the Job: may alice, with her groups, restore into the claim?
-    assert list(k8s)[10].data["spec"] == {
+    # Right before the Job: may alice, with her groups, still restore the BackupRun, and restore into the claim?
+    assert list(k8s)[10].data["spec"]["resourceAttributes"]["resource"] == "backupruns"
+    assert list(k8s)[11].data["spec"] == {
         "user": "alice", "groups": ["system:authenticated"],
         "resourceAttributes": {"namespace": "ns", "verb": "restore", "group": "", "resource": "persistentvolumeclaims",
                                "name": "data"}}

@@ -28,7 +28,7 @@ def first_reads(k8s) -> list[tuple[str, str]]:
 
 
 async def test_a_requester_who_may_not_restore_into_the_target_is_rejected_with_no_lease_and_no_job(kmock):
-    declare(kmock, refused=("alice",))
+    declare(kmock, refused=("alice",), refused_on=("persistentvolumeclaims",))
     kmock.objects[RESTORES, "ns", "r1"] = restore("r1")
     operator = operator_for(kmock)
 
@@ -69,9 +69,10 @@ async def test_without_the_policies_that_record_the_requester_nobody_is_asked_an
 
 async def test_a_restore_created_before_the_policies_is_not_trusted(kmock):
     declare(kmock)
-    early = restore("r1")
-    early["metadata"]["creationTimestamp"] = "2026-10-01T00:00:00Z"
-    kmock.objects[RESTORES, "ns", "r1"] = early
+    kmock.objects[RESTORES, "ns", "r1"] = restore("r1")
+    for resource, name in access.RECORDING_POLICIES:
+        kmock.objects[f"admissionregistration.k8s.io/v1/{resource}", None, name] = {
+            "metadata": {"name": name, "creationTimestamp": "2099-01-01T00:00:00Z"}}
     await operator_for(kmock).process(("ns", "r1"))
     assert "was installed after this BackupRestore was created" in ready(kmock)["message"]
     assert not list(kmock[JOBS])

@@ -8,7 +8,7 @@ from daoflow_operator import access, planning, status
 from daoflow_operator.api import models
 from daoflow_operator.status import Observation, decide
 
-from objects import REQUESTER, allowed, claim, free, restore, run, s3_destination
+from objects import REQUESTER, allowed, claim, free, restore, run, s3_destination, still
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 PVC = access.Review("ns", "persistentvolumeclaims", "data", "pvc/data", access.Requester("alice", ("devs",)))
@@ -130,7 +130,7 @@ def test_a_real_restore_asks_once_right_before_its_job_and_writes_nothing_until_
                                      access.Requester("alice", ("devs", "system:authenticated")))
     assert d.status == {} and not d.create_job and d.acquire is None and d.events == []
 
-    ok = decide(restore(), observed(authorization=allowed()), T0)
+    ok = decide(restore(), observed(authorization=allowed(), still_authorized=still()), T0)
     assert ok.create_job and ok.review is None and ok.acquire is not None
     assert check(ok.status)["status"] == "ok"
     assert "alice may restore into PersistentVolumeClaim data" in ok.status["auditTrail"][1]["message"]

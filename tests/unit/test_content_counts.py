@@ -9,7 +9,7 @@ from daoflow_operator.config import Config
 from daoflow_operator.runner.plan import parse_plan
 from daoflow_operator.status import Observation, decide
 
-from objects import SHA, allowed, free, restore, run, s3_destination
+from objects import SHA, allowed, free, restore, run, s3_destination, still
 
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)
 
@@ -91,7 +91,7 @@ def test_a_content_mismatch_fails_verification_like_a_checksum_mismatch():
 
     r = restore()
     r = apply(r, decide(r, Observation(run=counted_run(), destination=s3_destination(), target=free(),
-                                       authorization=allowed()), T0))
+                                       authorization=allowed(), still_authorized=still()), T0))
     failed_job = {"metadata": {"name": "r1-restore", "uid": "job-uid"},
                   "status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True"}]}}
     report = json.dumps({"bytes": 1234, "sha256": SHA, "verified": True, "durationSeconds": 1.5,

@@ -7,7 +7,7 @@ import pytest
 from daoflow_operator import pods, status
 from daoflow_operator.status import Observation, decide
 
-from objects import claim, event, pod, pvc_destination, restore, run, s3_destination, free, allowed
+from objects import claim, event, pod, pvc_destination, restore, run, s3_destination, free, allowed, still
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)  # the pods' creation time
 POD = "r1-restore-x7k2p"
@@ -26,7 +26,7 @@ def active_job(**extra):
 def queued(the_run=None, destination=None, **spec):
     """A real restore whose Job was just created."""
     r = restore(**spec)
-    d = decide(r, Observation(run=the_run or run(), destination=destination or s3_destination(), target=free(), authorization=allowed(),
+    d = decide(r, Observation(run=the_run or run(), destination=destination or s3_destination(), target=free(), authorization=allowed(), still_authorized=still(),
                               target_claim=claim()), T0)
     assert d.create_job and d.status["phase"] == "Queued"
     return {**r, "status": d.status}
@@ -39,7 +39,7 @@ def observe(r, pod_list, events=(), at=T0 + timedelta(seconds=10), job=None, **k
 # -- the preflight check, before any Job ---------------------------------------------------
 
 def test_a_real_restore_into_a_missing_claim_is_rejected_without_a_job():
-    d = decide(restore(), Observation(run=run(), destination=s3_destination(), target_claim=None, target=free(), authorization=allowed()), T0)
+    d = decide(restore(), Observation(run=run(), destination=s3_destination(), target_claim=None, target=free(), authorization=allowed(), still_authorized=still()), T0)
     assert not d.create_job and "jobRef" not in d.status
     assert d.status["phase"] == "Rejected" and d.status["completionTime"]
     assert cond(d.status, "Validated") | {"status": "False", "reason": "TargetNotFound"} == cond(d.status, "Validated")

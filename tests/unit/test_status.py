@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 from daoflow_operator import jobs, status
 from daoflow_operator.status import Observation, decide
 
-from objects import SHA, restore, run, s3_destination, free, allowed
+from objects import SHA, restore, run, s3_destination, free, allowed, still
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
@@ -44,7 +44,7 @@ def test_dry_run_ends_planned_and_ready_without_a_job():
 
 def test_a_real_run_is_queued_then_runs_then_succeeds_with_every_step_audited():
     r = restore()
-    d1 = decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed()), T0)
+    d1 = decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0)
     assert d1.create_job and d1.status["phase"] == "Queued"
     assert d1.status["jobRef"] == {"name": "r1-restore"}
     r = apply(r, d1)
@@ -62,7 +62,7 @@ def test_a_real_run_is_queued_then_runs_then_succeeds_with_every_step_audited():
 
 def test_a_repeated_observation_changes_nothing_and_emits_nothing():
     r = restore()
-    r = apply(r, decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed()), T0))
+    r = apply(r, decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0))
     r = apply(r, decide(r, Observation(job=job("running")), T0))
     again = decide(r, Observation(job=job("running")), T0 + timedelta(minutes=5))
     assert not status.changed(r["status"], again.status)
@@ -74,11 +74,11 @@ def test_last_transition_time_moves_only_when_the_status_flips():
     d1 = decide(r, Observation(run=None), T0)
     first = cond(d1.status, "Validated")["lastTransitionTime"]
     r = apply(r, d1)
-    d2 = decide(r, Observation(run=run(phase="Running"), destination=s3_destination(), target=free(), authorization=allowed()), T0 + timedelta(minutes=1))
+    d2 = decide(r, Observation(run=run(phase="Running"), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0 + timedelta(minutes=1))
     assert cond(d2.status, "Validated")["lastTransitionTime"] == first
     assert cond(d2.status, "Validated")["reason"] == "BackupRunNotSucceeded"
     r = apply(r, d2)
-    d3 = decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed()), T0 + timedelta(minutes=2))
+    d3 = decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0 + timedelta(minutes=2))
     assert cond(d3.status, "Validated")["lastTransitionTime"] != first
 
 
@@ -93,7 +93,7 @@ def test_waiting_records_one_audit_entry_and_event_per_reason():
 
 
 def test_a_failed_run_is_rejected_for_good():
-    d = decide(restore(), Observation(run=run(phase="Failed"), destination=s3_destination(), target=free(), authorization=allowed()), T0)
+    d = decide(restore(), Observation(run=run(phase="Failed"), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0)
     assert d.status["phase"] == "Rejected" and d.status["completionTime"]
     assert cond(d.status, "Validated")["reason"] == "BackupRunFailed"
     assert cond(d.status, "Ready")["status"] == "False"
@@ -101,14 +101,14 @@ def test_a_failed_run_is_rejected_for_good():
 
 def test_a_final_record_is_never_touched_again():
     r = restore(dry_run=True)
-    r = apply(r, decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed()), T0))
+    r = apply(r, decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0))
     later = decide(r, Observation(run=None), T0 + timedelta(days=1))
     assert later.status is r["status"] and later.events == []
 
 
 def test_a_failed_job_fails_the_restore_with_the_runner_reason():
     r = restore()
-    r = apply(r, decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed()), T0))
+    r = apply(r, decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0))
     d = decide(r, Observation(job=job("failed"), report=report(verified=False, reason="ChecksumMismatch",
                                                                  message="sha256 differs")), T0)
     assert d.status["phase"] == "Failed"
@@ -120,14 +120,14 @@ def test_a_failed_job_fails_the_restore_with_the_runner_reason():
 
 def test_a_deleted_job_fails_the_restore_and_is_not_recreated():
     r = restore()
-    r = apply(r, decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed()), T0))
+    r = apply(r, decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0))
     d = decide(r, Observation(job_missing=True), T0)
     assert d.status["phase"] == "Failed" and not d.create_job
     assert cond(d.status, "Succeeded")["reason"] == "JobDeleted"
 
 
 def test_plan_drift_fails_the_restore():
-    d = decide(restore(expectedPlanHash="0" * 64), Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed()), T0)
+    d = decide(restore(expectedPlanHash="0" * 64), Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0)
     assert d.status["phase"] == "Failed" and cond(d.status, "Succeeded")["reason"] == "PlanDrifted"
     assert not d.create_job
 
@@ -155,6 +155,6 @@ def test_job_names_are_fixed_and_short():
 def test_the_requester_recorded_at_admission_goes_into_status_and_the_audit_trail():
     r = restore()
     r["metadata"]["annotations"] = {status.REQUESTED_BY: "alice"}
-    d = decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed()), T0)
+    d = decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0)
     assert d.status["requestedBy"] == "alice"
     assert "requested by alice" in d.status["auditTrail"][1]["message"]

@@ -8,7 +8,7 @@ from daoflow_operator import planning, status, targets
 from daoflow_operator.api import models
 from daoflow_operator.status import Observation, decide
 
-from objects import free, pvc_destination, restore, run, s3_destination, allowed
+from objects import free, pvc_destination, restore, run, s3_destination, allowed, still
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 VOLUME = {"type": "volume", "persistentVolumeClaim": {"claimName": "data", "subPath": "app"}}
@@ -153,7 +153,7 @@ def test_a_new_holder_is_told_once_more_then_the_free_target_is_taken_and_the_jo
     assert [e.reason for e in d.events] == ["TargetBusy"] and "BackupRestore r7" in cond(d.status, "Ready")["message"]
     r["status"] = d.status
     went = cond(r["status"], "Started")["lastTransitionTime"]
-    d = decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed()), T0 + timedelta(minutes=1))
+    d = decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0 + timedelta(minutes=1))
     assert d.create_job and d.acquire == free() and d.status["phase"] == "Queued"
     assert cond(d.status, "Started")["reason"] == "JobCreated"
     assert cond(d.status, "Started")["lastTransitionTime"] != went
@@ -164,13 +164,13 @@ def test_a_new_holder_is_told_once_more_then_the_free_target_is_taken_and_the_jo
 
 def test_a_pod_that_still_runs_on_the_target_is_looked_at_again_soon():
     on_target = targets.judge("pvc/data", restore(), None, None, [pod()])
-    d = decide(restore(), Observation(run=run(), destination=s3_destination(), target=on_target, authorization=allowed()), T0, poll_interval=3)
+    d = decide(restore(), Observation(run=run(), destination=s3_destination(), target=on_target, authorization=allowed(), still_authorized=still()), T0, poll_interval=3)
     assert d.status["phase"] == "Queued" and d.wait is None and d.requeue_after == 3
 
 
 def test_a_dry_run_never_waits_for_the_target():
     d = decide(restore(dry_run=True), Observation(run=run(), destination=s3_destination(), target=busy(),
-                                                  authorization=allowed()), T0)
+                                                  authorization=allowed(), still_authorized=still()), T0)
     assert d.status["phase"] == "Planned" and d.acquire is None and d.release_target is None
 
 
@@ -181,7 +181,7 @@ def test_a_real_restore_is_never_decided_without_knowing_who_holds_its_target():
 
 def test_the_end_of_a_restore_lets_go_of_its_target_and_a_rejection_without_it_does_not():
     r = restore()
-    r["status"] = decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed()), T0).status
+    r["status"] = decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0).status
     done = decide(r, Observation(job_missing=True), T0 + timedelta(minutes=1))
     assert done.status["completionTime"] and done.release_target == "pvc/data"
     rejected = decide(restore(), Observation(run=run(phase="Failed"), destination=s3_destination()), T0)
@@ -189,5 +189,5 @@ def test_the_end_of_a_restore_lets_go_of_its_target_and_a_rejection_without_it_d
     # Rejected after it took the target (the plan changed in between): it lets go too.
     ours = targets.judge("pvc/data", restore(), lease("r1", "restore-uid"))
     drifted = decide(restore(expectedPlanHash="0" * 64),
-                     Observation(run=run(), destination=s3_destination(), target=ours, authorization=allowed()), T0)
+                     Observation(run=run(), destination=s3_destination(), target=ours, authorization=allowed(), still_authorized=still()), T0)
     assert drifted.status["phase"] == "Failed" and drifted.release_target == "pvc/data"

@@ -221,6 +221,11 @@ class BackupRestoreSpec(Model):
         None, description="The planHash of a previewed plan. The restore fails with PlanDrifted if today's plan differs.")
     active_deadline_seconds: Annotated[int, Field(ge=60, le=604800)] = Field(
         3600, description="How long the restore Job may run before it is stopped and the restore fails.")
+    # The floor is low enough for a test to see a deadline pass; the ceiling is the Job's.
+    wait_timeout_seconds: Annotated[int, Field(ge=30, le=604800)] = Field(
+        3600, description="How long the restore may wait before its Job exists (for its BackupRun to exist and "
+                          "succeed, for its target to be free), counted from its creation. When it has passed "
+                          "without a Job, the restore is Rejected with WaitDeadlineExceeded.")
 
 
 class Condition(Model):
@@ -319,6 +324,8 @@ class BackupRestoreStatus(Model):
     result: RestoreResult | None = None
     follow_up: Annotated[str, Field(max_length=4096)] | None = None
     requested_by: str | None = None
+    wait_deadline_time: datetime | None = Field(
+        None, description="creationTimestamp + spec.waitTimeoutSeconds: no Job is created after it.")
     approved_by: str | None = None
     audit_trail: list[AuditEntry] = Field(default_factory=list, max_length=64)
 
