@@ -71,6 +71,8 @@ class Observation:
     # The API server refused the Job for good, or its name is taken: (reason, message), from the
     # create the previous decision asked for (None: not refused).
     job_refused: tuple[str, str] | None = None
+    # Pods that carry the Job's labels but are not its own (pods.judge): never counted, only named.
+    untrusted_pods: list[pods_.Untrusted] = field(default_factory=list)
 
 
 @dataclass
@@ -205,7 +207,8 @@ def job_outcome(job: dict, pods: list[dict] | None = None) -> str:
     ended = job_ended(job)
     if ended:
         return ended
-    if (job.get("status") or {}).get("ready") or any(pods_.has_started(p) for p in pods or []):
+    # The Job's ready count includes pods it adopted; once its pods were read and judged, only its own count.
+    if (pods is None and (job.get("status") or {}).get("ready")) or any(pods_.has_started(p) for p in pods or []):
         return "running"
     return "queued"
 
@@ -222,6 +225,24 @@ def job_to_delete(status: dict | None) -> str | None:
     if (get_condition(status, SUCCEEDED) or {}).get("reason") not in pods_.START_FAILURES:
         return None
     return status["jobRef"]["name"]
+
+
+UNTRUSTED_NOTED = 8  # pods named in the audit trail at the most: a flood of forged pods cannot fill it
+UNTRUSTED_MARK = " carries the labels of Job "
+
+
+def note_untrusted(status: dict, untrusted: list[pods_.Untrusted], job: str, now: datetime,
+                   events: list[Event]) -> bool:
+    """Names each untrusted pod once (an audit entry and a Warning event); True when any is on record."""
+    noted = [a.get("message", "") for a in status.get("auditTrail", []) if UNTRUSTED_MARK in a.get("message", "")]
+    for pod in untrusted:
+        if len(noted) >= UNTRUSTED_NOTED or any(f"(uid {pod.uid})" in m for m in noted):
+            continue
+        message = f"pod {pod.name} (uid {pod.uid}){UNTRUSTED_MARK}{job} but is not its own: {pod.why}; it is ignored"
+        audit(status, now, "execute", "rejected", message)
+        events.append(Event("Warning", pods_.UNTRUSTED_POD, message))
+        noted.append(message)
+    return bool(noted or untrusted)
 
 
 FOLLOW_UP = {
@@ -372,6 +393,10 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         return decision  # not observed this time; nothing to conclude
     else:
         outcome = job_outcome(job, observed.pods)
+    untrusted = note_untrusted(status, observed.untrusted_pods, job_name_, now, events)
+    if outcome in ("complete", "failed") and observed.report is None and untrusted:
+        # The Job counted a pod it did not create from its template, and none of its own reported.
+        outcome = "untrusted"
     running = (get_condition(status, STARTED) or {}).get("reason") == JOB_RUNNING
     start = None
     if outcome == "queued" and not running and observed.pods is not None:
@@ -398,6 +423,14 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         events.append(Event("Warning", reason, message))
         finish()
         decision.delete_job = True
+    elif outcome == "untrusted":
+        message = (f"Job {job_name_} ended, but none of its own pods reported: it counted a pod that is not its "
+                   "own (see the audit trail); nothing is known to have been restored")
+        set_condition(status, SUCCEEDED, "False", pods_.UNTRUSTED_REPORT, message, generation, now)
+        set_condition(status, READY, "False", pods_.UNTRUSTED_REPORT, message, generation, now)
+        audit(status, now, "record", "failed", message)
+        events.append(Event("Warning", pods_.UNTRUSTED_REPORT, message))
+        finish()
     elif outcome == "queued" and not running:
         # Honest: the Job exists, but its runner does not run yet. Say why, and look again soon,
         # since a pod that waits (or an unschedulable timeout that runs out) sends no Job event.
