@@ -258,3 +258,25 @@ def test_a_job_that_ended_without_any_untrusted_pod_keeps_its_old_outcome():
     r, job = queued(), the_job(**COMPLETE)
     d = observe(r, job, [own_pod(job, report=REPORT)])
     assert d.status["phase"] == "Succeeded" and [e.type for e in d.events] == ["Normal"] * len(d.events)
+
+
+# -- the admission policy, as shipped and as the chart renders it --------------------------------
+
+def test_the_chart_renders_the_shipped_policy_by_default():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    values = yaml.safe_load((root / "helm/daoflow-operator/values.yaml").read_text())["podTrust"]
+    assert values["enabled"] and values["namespaceSelector"] == {}
+    text = (root / "helm/daoflow-operator/templates/pod-trust.yaml").read_text()
+    text = text.replace("{{ .Values.podTrust.jobControllerUsers | toJson }}",
+                        json.dumps(values["jobControllerUsers"], separators=(",", ":")))
+    text = re.sub(r"(?ms)^\s*{{- with .Values.podTrust.namespaceSelector }}.*?{{- end }}\n", "", text)
+    text = re.sub(r"(?m)^{{-? (if|end)\b[^}]*}}\n", "", text)
+    shipped = list(yaml.safe_load_all((root / "manifests/pod-trust.yaml").read_text()))
+    assert [d for d in yaml.safe_load_all(text) if d] == shipped
+    policy = shipped[0]["spec"]
+    assert "system:serviceaccount:kube-system:job-controller" in policy["matchConditions"][1]["expression"]
