@@ -394,8 +394,11 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
     else:
         outcome = job_outcome(job, observed.pods)
     untrusted = note_untrusted(status, observed.untrusted_pods, job_name_, now, events)
-    if outcome in ("complete", "failed") and observed.report is None and untrusted:
-        # The Job counted a pod it did not create from its template, and none of its own reported.
+    # A Job that ended with no report from its own pods, and counted a pod that is not its own, or
+    # completed with none of its own pods succeeded (pods read and judged), proves nothing.
+    unproven = outcome == "complete" and observed.pods is not None \
+        and not any((p.get("status") or {}).get("phase") == "Succeeded" for p in observed.pods)
+    if outcome in ("complete", "failed") and observed.report is None and (untrusted or unproven):
         outcome = "untrusted"
     running = (get_condition(status, STARTED) or {}).get("reason") == JOB_RUNNING
     start = None
@@ -424,8 +427,10 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         finish()
         decision.delete_job = True
     elif outcome == "untrusted":
-        message = (f"Job {job_name_} ended, but none of its own pods reported: it counted a pod that is not its "
-                   "own (see the audit trail); nothing is known to have been restored")
+        why = "it counted a pod that is not its own (see the audit trail)" if untrusted \
+            else "none of them succeeded"
+        message = (f"Job {job_name_} ended, but none of its own pods reported: {why}; nothing is known to have "
+                   "been restored")
         set_condition(status, SUCCEEDED, "False", pods_.UNTRUSTED_REPORT, message, generation, now)
         set_condition(status, READY, "False", pods_.UNTRUSTED_REPORT, message, generation, now)
         audit(status, now, "record", "failed", message)

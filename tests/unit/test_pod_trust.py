@@ -254,6 +254,22 @@ def test_a_flood_of_forged_pods_names_only_the_first_few():
     assert again.events == []
 
 
+def test_a_job_that_completed_with_none_of_its_own_pods_succeeded_proves_nothing():
+    # A forged pod that completed the Job and was deleted before the operator looked.
+    r, job = queued(), the_job(**COMPLETE)
+    d = observe(r, job, [])
+    assert d.status["phase"] == "Failed"
+    assert status.get_condition(d.status, "Succeeded")["message"] == (
+        "Job r1-restore ended, but none of its own pods reported: none of them succeeded; nothing is known to "
+        "have been restored")
+    # Its own pod succeeded without a report (a simulated node runs no runner): Succeeded, unverified.
+    own = own_pod(job, state={"terminated": {"exitCode": 0, "startedAt": "2026-11-27T12:00:02Z"}})
+    own["status"]["phase"] = "Succeeded"
+    d = observe(r, job, [own])
+    assert d.status["phase"] == "Succeeded"
+    assert status.get_condition(d.status, "ArtifactVerified")["reason"] == "ReportMissing"
+
+
 def test_a_job_that_ended_without_any_untrusted_pod_keeps_its_old_outcome():
     r, job = queued(), the_job(**COMPLETE)
     d = observe(r, job, [own_pod(job, report=REPORT)])
