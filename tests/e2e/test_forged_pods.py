@@ -101,6 +101,11 @@ def test_a_user_who_may_only_create_pods_cannot_make_one_the_job_adopts(cluster,
                                   kubeconfig=bob, check=False)
         assert relabel.returncode != 0 and "may not be added to a pod or changed" in relabel.stderr, label
 
+    # Nor may he point the real pod at another Job.
+    moved = cluster.kubectl("label", "pod", real_pod["metadata"]["name"], "-n", namespace, "--overwrite",
+                            "batch.kubernetes.io/controller-uid=another-job", kubeconfig=bob, check=False)
+    assert moved.returncode != 0 and "may not be added to a pod or changed" in moved.stderr
+
     # 3. The record is untouched: still Queued behind the real pod, which is the Job's only pod.
     settle()
     assert [p["metadata"]["name"] for p in pods_of(cluster, namespace, job)] == [real_pod["metadata"]["name"]]
