@@ -13,6 +13,9 @@ events about it, and tells whether the runner is running, is still starting, or 
     secret "X" not found (FailedMount)           -> failed: SecretNotFound
     Unschedulable for longer than the timeout    -> failed: Unschedulable
 
+Only the Job's own pods say anything (`judge()`): a pod that merely carries the Job's labels is
+named and never counted, whatever it reports.
+
 It never reads a clock or the network: `now` and the timeout are passed in.
 """
 
