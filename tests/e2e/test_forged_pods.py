@@ -17,7 +17,7 @@ import json
 
 import pytest
 
-from backups import SHA, backup_run, condition, destination, events, restore, restore_status, settle, wait_phase
+from backups import backup_run, condition, destination, events, restore, restore_status, settle, wait_phase
 from cluster_helpers import wait_until
 
 pytestmark = pytest.mark.cluster
