@@ -122,7 +122,8 @@ def install(kubeconfig: str, samples: bool = True, volume_root: Path | None = No
     kubectl(kubeconfig, "apply", "-f", str(REPO / "crds"))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
             *(f"crd/{p}.backup.daoflow.dev" for p in ("backupruns", "backupdestinations", "backuprestores")))
-    kubectl(kubeconfig, "apply", "-f", str(REPO / "manifests" / "rbac.yaml"), "-f", str(REPO / "manifests" / "scopes.yaml"))
+    kubectl(kubeconfig, "apply", "-f", str(REPO / "manifests" / "rbac.yaml"), "-f", str(REPO / "manifests" / "scopes.yaml"),
+            "-f", str(REPO / "manifests" / "pod-trust.yaml"))
     if samples:
         if volume_root is None:
             kubectl(kubeconfig, "apply", "-f", str(SAMPLES))

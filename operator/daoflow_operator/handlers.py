@@ -88,9 +88,10 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
             running = (status_.get_condition(current, status_.STARTED) or {}).get("reason") == status_.JOB_RUNNING
             # The pods are read until the runner is seen running (to tell Queued from Running and
             # to catch a pod that cannot start) and once the Job ended (for the runner's report);
-            # not while it runs.
-            if ended or not (running or (job.get("status") or {}).get("ready")):
-                observed.pods = kube.job_pods(namespace, job)
+            # not while it runs. A ready Job does not spare the read: its ready count includes pods
+            # it adopted. Only its own pods count; others that carry its labels are named (pods.judge).
+            if ended or not running:
+                observed.pods, observed.untrusted_pods = pods.judge(kube.job_pods(namespace, job), job)
                 if ended:
                     observed.report = pods.termination_message(observed.pods)
                 elif (pod_uid := pods.events_needed(observed.pods)) is not None:

@@ -13,11 +13,15 @@ events about it, and tells whether the runner is running, is still starting, or 
     secret "X" not found (FailedMount)           -> failed: SecretNotFound
     Unschedulable for longer than the timeout    -> failed: Unschedulable
 
+Only the Job's own pods say anything (`judge()`): a pod that merely carries the Job's labels is
+named and never counted, whatever it reports.
+
 It never reads a clock or the network: `now` and the timeout are passed in.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -174,3 +178,156 @@ def start(pods: list[dict], events: list[dict], plan: dict, now: datetime,
     if scheduled.get("status") == "False" and scheduled.get("reason"):
         return PodStart("waiting", message=f"pod {name} is {phase}: {scheduled['reason']}")
     return PodStart("waiting", message=f"pod {name} is {phase}")
+
+
+# -- Trust: which pods may feed the record ----------------------------------------------
+#
+# The Job's pods are found by its selector label, which anyone who may create pods can set, and
+# the Job controller adopts any orphan that carries it. So a pod counts (its state for
+# Queued/Running and fast failures, its termination message as the report) only if the Job
+# controls it and its spec is the Job's pod template in everything that decides what runs and
+# what it reads. Fields the API server, admission or the scheduler fill in on the pod (resources,
+# tolerations, priority, nodeName, imagePullSecrets) do not decide what the runner reports.
+
+UNTRUSTED_POD = "UntrustedPod"
+UNTRUSTED_REPORT = "UntrustedReport"
+
+# Fields of a container that decide what runs in it and what it reads, with the value the API
+# server gives one left unset (None: no default, compared as it is).
+CONTAINER_FIELDS: dict[str, object] = {
+    "name": None, "image": None, "command": [], "args": [], "workingDir": "", "env": [], "envFrom": [],
+    "volumeMounts": [], "volumeDevices": [], "securityContext": {}, "lifecycle": {}, "livenessProbe": {},
+    "readinessProbe": {}, "startupProbe": {}, "terminationMessagePath": "/dev/termination-log",
+    "terminationMessagePolicy": "File", "stdin": False, "stdinOnce": False, "tty": False, "restartPolicy": "",
+}
+POD_FIELDS: dict[str, object] = {
+    "serviceAccountName": "default", "automountServiceAccountToken": True, "hostNetwork": False, "hostPID": False,
+    "hostIPC": False, "hostUsers": True, "shareProcessNamespace": False, "runtimeClassName": "",
+    "securityContext": {}, "hostAliases": [], "dnsPolicy": "ClusterFirst", "dnsConfig": {},
+    "enableServiceLinks": True, "restartPolicy": "Always", "os": {}, "resourceClaims": [],
+}
+# What the ServiceAccount admission plugin adds to a pod that mounts its token (it never touches
+# the Job's template): allowed only when the template does not turn the token off.
+TOKEN_VOLUME_PREFIX = "kube-api-access-"
+TOKEN_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+DEFAULT_MODE = 0o644
+
+
+@dataclass(frozen=True)
+class Untrusted:
+    """A pod that carries the Job's labels but may not feed the record, and why."""
+
+    name: str
+    uid: str
+    why: str
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def _image_pull_policy(container: dict) -> str:
+    if container.get("imagePullPolicy"):
+        return container["imagePullPolicy"]
+    image = container.get("image") or ""
+    tagged = ":" in image.rsplit("/", 1)[-1] or "@" in image
+    return "IfNotPresent" if tagged and not image.endswith(":latest") else "Always"
+
+
+def _container_shape(container: dict, token_volumes: set[str]) -> dict:
+    shape = {key: _or(container.get(key), default) for key, default in CONTAINER_FIELDS.items()}
+    shape["imagePullPolicy"] = _image_pull_policy(container)
+    shape["volumeMounts"] = [m for m in shape["volumeMounts"] if m.get("name") not in token_volumes]
+    # Dynamic resource claims put devices (and what their drivers inject) into the container.
+    shape["resourceClaims"] = (container.get("resources") or {}).get("claims") or []
+    return shape
+
+
+def _volume_shape(volume: dict) -> dict:
+    """A volume with the defaults the API server writes (defaultMode, a fieldRef's apiVersion)."""
+    volume = copy.deepcopy(volume)
+    for kind in ("secret", "configMap", "downwardAPI", "projected"):
+        if isinstance(volume.get(kind), dict):
+            volume[kind].setdefault("defaultMode", DEFAULT_MODE)
+    items = list((volume.get("downwardAPI") or {}).get("items") or [])
+    for source in (volume.get("projected") or {}).get("sources") or []:
+        items += (source.get("downwardAPI") or {}).get("items") or []
+    for item in items:
+        if isinstance(item.get("fieldRef"), dict):
+            item["fieldRef"].setdefault("apiVersion", "v1")
+    return volume
+
+
+def _is_token_volume(volume: dict) -> bool:
+    """The projected ServiceAccount token volume, exactly as the ServiceAccount admission plugin makes it."""
+    sources = (volume.get("projected") or {}).get("sources") or []
+    kinds = [next(iter(s), "") for s in sources]
+    return (volume.get("name", "").startswith(TOKEN_VOLUME_PREFIX) and kinds == ["serviceAccountToken", "configMap",
+                                                                                   "downwardAPI"]
+            and (sources[1]["configMap"] or {}).get("name") == "kube-root-ca.crt")
+
+
+def run_shape(spec: dict, admitted: bool = False) -> dict:
+    """What a pod spec runs and reads, normalised: equal shapes run the same thing.
+
+    `admitted`: the spec of a pod (not a template), from which the ServiceAccount token volume the
+    API server itself adds may be left out.
+    """
+    token_volumes = set()
+    if admitted and spec.get("automountServiceAccountToken") is not False:
+        token_volumes = {v["name"] for v in spec.get("volumes") or [] if _is_token_volume(v)}
+    shape: dict = {key: _or(spec.get(key), default) for key, default in POD_FIELDS.items()}
+    for kind in ("initContainers", "containers", "ephemeralContainers"):
+        shape[kind] = [_container_shape(c, token_volumes) for c in spec.get(kind) or []]
+    shape["volumes"] = sorted((_volume_shape(v) for v in spec.get("volumes") or [] if v["name"] not in token_volumes),
+                              key=lambda v: v.get("name", ""))
+    return shape
+
+
+def _differences(expected: dict, actual: dict, prefix: str = "") -> list[str]:
+    """The top-level fields (containers: by name and field) in which two shapes differ."""
+    out = []
+    for key in expected.keys() | actual.keys():
+        want, got = expected.get(key), actual.get(key)
+        if want == got:
+            continue
+        if key in ("initContainers", "containers", "ephemeralContainers") and len(want or []) == len(got or []):
+            for mine, theirs in zip(want, got):
+                name = mine.get("name") or "?"
+                out += _differences(mine, theirs, f"{prefix}{key}[{name}].")
+        else:
+            out.append(prefix + key)
+    return sorted(out)
+
+
+def untrusted_because(pod: dict, job: dict) -> str | None:
+    """Why this pod may not feed the record of `job`, or None when it is the Job's own."""
+    meta, job_meta = pod.get("metadata") or {}, job.get("metadata") or {}
+    controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if controller is None or controller.get("kind") != "Job" or controller.get("uid") != job_meta.get("uid"):
+        return f"it is not controlled by Job {job_meta.get('name')}"
+    template = ((job.get("spec") or {}).get("template")) or {}
+    # The runner reads its plan from the pod's own annotation (downward API).
+    tmeta = template.get("metadata") or {}
+    for field_ in ("annotations", "labels"):
+        mine, theirs = tmeta.get(field_) or {}, meta.get(field_) or {}
+        changed = sorted(k for k, v in mine.items() if theirs.get(k) != v)
+        if changed:
+            return f"its {field_} differ from the Job's pod template: {', '.join(changed)}"
+    differences = _differences(run_shape(template.get("spec") or {}), run_shape(pod.get("spec") or {}, admitted=True))
+    if differences:
+        return f"its spec differs from the Job's pod template in {', '.join(differences)}"
+    return None
+
+
+def judge(pods: list[dict], job: dict) -> tuple[list[dict], list[Untrusted]]:
+    """The Job's own pods, and those that only carry its labels (with why)."""
+    trusted, untrusted = [], []
+    for pod in pods:
+        why = untrusted_because(pod, job)
+        if why is None:
+            trusted.append(pod)
+        else:
+            meta = pod.get("metadata") or {}
+            untrusted.append(Untrusted(meta.get("name", ""), meta.get("uid", ""), why))
+    return trusted, sorted(untrusted, key=lambda u: u.name)

@@ -76,6 +76,8 @@ class Observation:
     # The API server refused the Job for good, or its name is taken: (reason, message), from the
     # create the previous decision asked for (None: not refused).
     job_refused: tuple[str, str] | None = None
+    # Pods that carry the Job's labels but are not its own (pods.judge): never counted, only named.
+    untrusted_pods: list[pods_.Untrusted] = field(default_factory=list)
 
 
 @dataclass
@@ -223,7 +225,8 @@ def job_outcome(job: dict, pods: list[dict] | None = None) -> str:
     ended = job_ended(job)
     if ended:
         return ended
-    if (job.get("status") or {}).get("ready") or any(pods_.has_started(p) for p in pods or []):
+    # The Job's ready count includes pods it adopted; once its pods were read and judged, only its own count.
+    if (pods is None and (job.get("status") or {}).get("ready")) or any(pods_.has_started(p) for p in pods or []):
         return "running"
     return "queued"
 
@@ -240,6 +243,24 @@ def job_to_delete(status: dict | None) -> str | None:
     if (get_condition(status, SUCCEEDED) or {}).get("reason") not in pods_.START_FAILURES:
         return None
     return status["jobRef"]["name"]
+
+
+UNTRUSTED_NOTED = 8  # pods named in the audit trail at the most: a flood of forged pods cannot fill it
+UNTRUSTED_MARK = " carries the labels of Job "
+
+
+def note_untrusted(status: dict, untrusted: list[pods_.Untrusted], job: str, now: datetime,
+                   events: list[Event]) -> bool:
+    """Names each untrusted pod once (an audit entry and a Warning event); True when any is on record."""
+    noted = [a.get("message", "") for a in status.get("auditTrail", []) if UNTRUSTED_MARK in a.get("message", "")]
+    for pod in untrusted:
+        if len(noted) >= UNTRUSTED_NOTED or any(f"(uid {pod.uid})" in m for m in noted):
+            continue
+        message = f"pod {pod.name} (uid {pod.uid}){UNTRUSTED_MARK}{job} but is not its own: {pod.why}; it is ignored"
+        audit(status, now, "execute", "rejected", message)
+        events.append(Event("Warning", pods_.UNTRUSTED_POD, message))
+        noted.append(message)
+    return bool(noted or untrusted)
 
 
 FOLLOW_UP = {
@@ -434,6 +455,13 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         return decision  # not observed this time; nothing to conclude
     else:
         outcome = job_outcome(job, observed.pods)
+    untrusted = note_untrusted(status, observed.untrusted_pods, job_name_, now, events)
+    # A Job that ended with no report from its own pods, and counted a pod that is not its own, or
+    # completed with none of its own pods succeeded (pods read and judged), proves nothing.
+    unproven = outcome == "complete" and observed.pods is not None \
+        and not any((p.get("status") or {}).get("phase") == "Succeeded" for p in observed.pods)
+    if outcome in ("complete", "failed") and observed.report is None and (untrusted or unproven):
+        outcome = "untrusted"
     running = (get_condition(status, STARTED) or {}).get("reason") == JOB_RUNNING
     start = None
     if outcome == "queued" and not running and observed.pods is not None:
@@ -460,6 +488,16 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         events.append(Event("Warning", reason, message))
         finish()
         decision.delete_job = True
+    elif outcome == "untrusted":
+        why = "it counted a pod that is not its own (see the audit trail)" if untrusted \
+            else "none of them succeeded"
+        message = (f"Job {job_name_} ended, but none of its own pods reported: {why}; nothing is known to have "
+                   "been restored")
+        set_condition(status, SUCCEEDED, "False", pods_.UNTRUSTED_REPORT, message, generation, now)
+        set_condition(status, READY, "False", pods_.UNTRUSTED_REPORT, message, generation, now)
+        audit(status, now, "record", "failed", message)
+        events.append(Event("Warning", pods_.UNTRUSTED_REPORT, message))
+        finish()
     elif outcome == "queued" and not running:
         # Honest: the Job exists, but its runner does not run yet. Say why, and look again soon,
         # since a pod that waits (or an unschedulable timeout that runs out) sends no Job event.

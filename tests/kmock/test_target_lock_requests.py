@@ -179,7 +179,9 @@ async def test_a_restore_that_ends_lets_go_of_its_target_and_only_its_own(k8s, h
     report = {"bytes": 10, "files": 1, "sha256": SHA, "verified": True}
     k8s.objects[PODS, "ns", "r1-restore-abcde"] = {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "r1-restore-abcde", "namespace": "ns", "labels": {"batch.kubernetes.io/controller-uid": "uid-job"}},
+        "metadata": {"name": "r1-restore-abcde", "namespace": "ns", "labels": {"batch.kubernetes.io/controller-uid": "uid-job"},
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "r1-restore",
+                                          "uid": "uid-job", "controller": True}]},
         "spec": {"containers": [{"name": "runner", "image": "runner:test"}]},
         "status": {"phase": "Succeeded", "containerStatuses": [{
             "name": "runner", "image": "runner:test", "ready": False, "restartCount": 0, "imageID": "",

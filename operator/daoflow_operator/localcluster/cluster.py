@@ -289,7 +289,9 @@ class LocalCluster:
             str(b["kube-controller-manager"]), f"--kubeconfig={self.kubeconfig}",
             "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-            "--use-service-account-credentials=false",
+            # Each controller as its own ServiceAccount, as kubeadm runs it: the Job controller is
+            # system:serviceaccount:kube-system:job-controller (manifests/pod-trust.yaml admits it alone).
+            "--use-service-account-credentials=true",
             # Controllers for real nodes and cloud volumes have nothing to do next to KWOK.
             "--controllers=*,-node-ipam-controller,-node-lifecycle-controller,-taint-eviction-controller,"
             "-persistentvolume-attach-detach-controller,-persistentvolume-expander-controller,-ttl-controller",
