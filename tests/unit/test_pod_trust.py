@@ -13,7 +13,7 @@ from daoflow_operator.api import models
 from daoflow_operator.config import Config
 from daoflow_operator.status import Observation, decide
 
-from objects import SHA, allowed, claim, free, restore, run, s3_destination
+from objects import SHA, allowed, claim, free, restore, run, s3_destination, still
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 JOB_UID = "job-uid"
@@ -184,7 +184,7 @@ def test_the_token_volume_of_the_service_account_plugin_counts_only_where_the_te
 def queued() -> dict:
     r = restore()
     d = decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed(),
-                              target_claim=claim()), T0)
+                              still_authorized=still(), target_claim=claim()), T0)
     assert d.create_job
     return {**r, "status": d.status}
 
