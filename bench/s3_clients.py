@@ -10,8 +10,8 @@ Clients (each runs in its own process, so that its peak RSS is its own):
   obstore      obstore.get(...).stream(min_chunk_size=chunk) (Rust's object_store); optional:
                skipped when it cannot be imported (it is not a dependency of the project)
   runner       daoflow_operator.runner.s3.S3Object.chunks(), as the restore Job fetches
-It prints MB/s and peak RSS (VmHWM, sampled from /proc) of each, best of --repeat runs, then the
-ratio to http.client. Timings are printed, never asserted. The server is Versity's S3 gateway,
+It prints MB/s and peak RSS (VmHWM, sampled from /proc) of each, best of --repeat rounds (the
+clients take turns within a round), then the ratio to http.client. Timings are printed, never asserted. The server is Versity's S3 gateway,
 built once from its pinned Go module (as the tests do); uploads need boto3 (the test extra).
 """
 
@@ -165,16 +165,17 @@ def main() -> int:
                     f.write(os.urandom(MIB))
             s3.upload(KEY, path)
             os.unlink(path)
-            rows = []
-            for client in clients:
-                if not available(client):
-                    print(f"{client}: not importable, skipped", file=sys.stderr)
-                    continue
-                runs = [measure(client, s3.endpoint, args.chunk_mib * MIB) for _ in range(args.repeat)]
-                for size, _, _ in runs:
+            clients = [c for c in clients if available(c) or print(f"{c}: not importable, skipped",
+                                                                        file=sys.stderr)]
+            runs: dict[str, list] = {c: [] for c in clients}
+            # Round-robin, so that a busy moment of the machine does not fall on one client only.
+            for _ in range(args.repeat):
+                for client in clients:
+                    size, seconds, peak = measure(client, s3.endpoint, args.chunk_mib * MIB)
                     assert size == args.size_mib * MIB, (client, size)
-                seconds = min(r[1] for r in runs)
-                rows.append((client, size / seconds / 1e6, max(r[2] for r in runs)))
+                    runs[client].append((seconds, peak))
+            rows = [(c, args.size_mib * MIB / min(r[0] for r in runs[c]) / 1e6, max(r[1] for r in runs[c]))
+                    for c in clients]
         finally:
             s3.close()
     base = next((mbs for name, mbs, _ in rows if name == "http.client"), None)

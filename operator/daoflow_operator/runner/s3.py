@@ -256,7 +256,10 @@ class S3Object:
             failure.retryable = status >= 500 or status == 429  # type: ignore[attr-defined]
             return failure
         if isinstance(cause, ssl.SSLError) or isinstance(exc, bx.SSLError):
-            detail = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or "handshake failed"
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                detail = f"certificate verify failed: {cause.verify_message}"
+            else:
+                detail = getattr(cause, "reason", None) or "the TLS handshake failed"
             hint = " (caBundle is set)" if self.ca_bundle else " (no caBundle is set: the system's CAs apply)"
             message = f"GET {self.url}: TLS verification of the S3 endpoint failed: {detail}{hint}"
         elif isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
