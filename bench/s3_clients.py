@@ -11,8 +11,9 @@ Clients (each runs in its own process, so that its peak RSS is its own):
                skipped when it cannot be imported (it is not a dependency of the project)
   runner       daoflow_operator.runner.s3.S3Object.chunks(), as the restore Job fetches
 It prints MB/s and peak RSS (VmHWM, sampled from /proc) of each, best of --repeat rounds (the
-clients take turns within a round), then the ratio to http.client. Timings are printed, never asserted. The server is Versity's S3 gateway,
-built once from its pinned Go module (as the tests do); uploads need boto3 (the test extra).
+clients take turns within a round), then the ratio to http.client. Timings are printed, never
+asserted. The server is Versity's S3 gateway, built once from its pinned Go module (as the tests
+do); uploads need boto3 (the test extra).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def _get_http_client(endpoint: str, chunk: int) -> int:
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
+    from daoflow_operator.runner.s3 import read_chunk  # the former client's read loop, kept
 
     url = f"{endpoint}/{BUCKET}/{KEY}"
     request = AWSRequest(method="GET", url=url)
@@ -51,18 +53,9 @@ def _get_http_client(endpoint: str, chunk: int) -> int:
     resp = conn.getresponse()
     assert resp.status == 200, resp.status
     total = 0
-    while True:
-        buf = bytearray(chunk)
-        view, n = memoryview(buf), 0
-        while n < chunk:
-            got = resp.readinto(view[n:])
-            if not got:
-                break
-            n += got
-        view.release()
-        if not n:
-            return total
-        total += n
+    while buf := read_chunk(resp.readinto, chunk):
+        total += len(buf)
+    return total
 
 
 def _get_botocore(endpoint: str, chunk: int) -> int:

@@ -93,6 +93,58 @@ def test_the_credential_chain_calls_its_own_endpoints_outside_the_endpoint_guard
     assert CredentialsHandler.calls == [("/v1/credentials", "projected-token")]
 
 
+class StsHandler(http.server.BaseHTTPRequestHandler):
+    """STS's AssumeRoleWithWebIdentity, as IRSA uses it: the projected token in, keys out."""
+
+    keys: tuple = ("", "")
+    forms: list = []
+
+    def do_POST(self):
+        from urllib.parse import parse_qs
+
+        form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+        type(self).forms.append(form)
+        expiry = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = (
+            '<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+            "<AssumeRoleWithWebIdentityResult><Credentials>"
+            f"<AccessKeyId>{self.keys[0]}</AccessKeyId><SecretAccessKey>{self.keys[1]}</SecretAccessKey>"
+            f"<SessionToken></SessionToken><Expiration>{expiry}</Expiration>"
+            "</Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_web_identity_as_irsa_provides_it(s3, sample, uploaded, tmp_path):
+    """The variables and token file the EKS webhook gives a pod of an IRSA ServiceAccount; STS is
+    a local stand-in (AWS_ENDPOINT_URL_STS) that hands out the S3 server's keys."""
+    StsHandler.keys, StsHandler.forms = (s3.access_key, s3.secret_key), []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StsHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = tmp_path / "eks.amazonaws.com" / "token"
+    token.parent.mkdir()
+    token.write_text("projected-service-account-token")
+    try:
+        run, target = restore_from(s3, sample, uploaded, tmp_path, from_environment=True, env={
+            "AWS_ROLE_ARN": "arn:aws:iam::111122223333:role/restore", "AWS_WEB_IDENTITY_TOKEN_FILE": str(token),
+            "AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{server.server_port}", "AWS_REGION": "us-east-1"})
+    finally:
+        server.shutdown()
+    assert run.code == 0, run.output
+    assert snapshot(target) == snapshot(sample.tree)
+    [form] = StsHandler.forms
+    assert form["Action"] == ["AssumeRoleWithWebIdentity"]
+    assert form["WebIdentityToken"] == ["projected-service-account-token"]
+    assert form["RoleArn"] == ["arn:aws:iam::111122223333:role/restore"]
+
+
 def test_https_with_a_private_ca_needs_the_ca_bundle(s3_tls, sample, uploaded, tmp_path):
     run, target = restore_from(s3_tls, sample, uploaded, tmp_path / "without")
     assert run.report["reason"] == "FetchFailed", run.output

@@ -172,6 +172,23 @@ def _cause(exc: BaseException) -> BaseException | None:
     return None
 
 
+def read_chunk(readinto: Callable[[memoryview], int], size: int) -> bytearray:
+    """A fresh buffer filled with up to `size` bytes; empty at the end of the stream. It fills
+    the whole chunk: a socket read returns far less, and every small chunk costs a queue
+    hand-off and a decompressor call downstream."""
+    buf = bytearray(size)
+    with memoryview(buf) as view:
+        n = 0
+        while n < size:
+            got = readinto(view[n:])
+            if not got:
+                break
+            n += got
+    if n < size:
+        del buf[n:]
+    return buf
+
+
 class S3Object:
     """One object to GET, read as a stream of chunks, resumed on connection errors.
 
@@ -252,7 +269,11 @@ class S3Object:
             meta = exc.response.get("ResponseMetadata", {})
             status = int(meta.get("HTTPStatusCode") or 0)
             code = str(exc.response.get("Error", {}).get("Code", ""))
-            failure = fetch_failed(f"GET {self.url} failed: {error_summary(status, code, meta.get('HTTPHeaders') or {})}")
+            summary = error_summary(status, code, meta.get("HTTPHeaders") or {})
+            if exc.operation_name != "GetObject":  # e.g. STS, for web identity credentials
+                return fetch_failed(f"obtaining the S3 credentials from the pod's environment failed: "
+                                    f"{exc.operation_name}: {summary}")
+            failure = fetch_failed(f"GET {self.url} failed: {summary}")
             failure.retryable = status >= 500 or status == 429  # type: ignore[attr-defined]
             return failure
         if isinstance(cause, ssl.SSLError) or isinstance(exc, bx.SSLError):
@@ -266,7 +287,8 @@ class S3Object:
             message = ("no S3 credentials were found in the pod's environment (web identity, container "
                        "credentials, instance metadata, AWS_* variables)")
         elif isinstance(exc, bx.CredentialRetrievalError):
-            message = f"the S3 credentials could not be obtained from the pod's environment: {type(exc).__name__}"
+            provider = str(exc.kwargs.get("provider", "?"))[:64]
+            message = f"the S3 credentials could not be obtained from the pod's environment ({provider} failed)"
         elif isinstance(exc, (bx.BotoCoreError, HTTPError, OSError)):
             retryable = True  # a dropped or refused connection, a timeout: resume
             message = f"GET {self.url} failed at byte {offset}: {type(exc).__name__}"
@@ -302,23 +324,9 @@ class S3Object:
             body = None
             try:
                 body = self._open(offset)
-                while True:
-                    # Fill the whole chunk: a socket read returns far less, and every small
-                    # chunk costs a queue hand-off and a decompressor call downstream.
-                    buf = bytearray(chunk_size)
-                    view, n = memoryview(buf), 0
-                    while n < chunk_size:
-                        got = body.readinto(view[n:])
-                        if not got:
-                            break
-                        n += got
-                    view.release()
-                    if not n:
-                        break
-                    offset += n
+                while buf := read_chunk(body.readinto, chunk_size):
+                    offset += len(buf)
                     failures = 0
-                    if n < chunk_size:
-                        del buf[n:]
                     yield buf  # a fresh buffer each time: the consumer may keep it
                 if self.length is not None and offset < self.length:
                     raise ConnectionError(f"the body ended at byte {offset} of {self.length}")
