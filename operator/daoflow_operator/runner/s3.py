@@ -193,7 +193,8 @@ class S3Object:
     """One object to GET, read as a stream of chunks, resumed on connection errors.
 
     `credentials`: static keys (from a Secret), or None for the default credential chain of the
-    pod's environment. `ca_bundle`: a PEM file of CAs to trust instead of the system's.
+    pod's environment. `ca_bundle`: a PEM file of CAs to trust instead of the public ones
+    (without it, botocore's bundle of public CAs, or certifi's where installed, applies).
     """
 
     RETRIES = 5
@@ -281,7 +282,7 @@ class S3Object:
                 detail = f"certificate verify failed: {cause.verify_message}"
             else:
                 detail = getattr(cause, "reason", None) or "the TLS handshake failed"
-            hint = " (caBundle is set)" if self.ca_bundle else " (no caBundle is set: the system's CAs apply)"
+            hint = " (caBundle is set)" if self.ca_bundle else " (no caBundle is set: only public CAs are trusted)"
             message = f"GET {self.url}: TLS verification of the S3 endpoint failed: {detail}{hint}"
         elif isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
             message = ("no S3 credentials were found in the pod's environment (web identity, container "
