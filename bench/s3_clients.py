@@ -1,6 +1,6 @@
 """S3 clients side by side: one GET of the same object from the local S3 server.
 
-    python bench/s3_clients.py [--size-mib 1024] [--chunk-mib 1] [--repeat 2] [--clients ...]
+    python bench/s3_clients.py [--size-mib 1024] [--chunk-mib 1] [--repeat 5] [--clients ...]
 
 Clients (each runs in its own process, so that its peak RSS is its own):
   http.client  a GET on the standard library, signed with botocore's SigV4 signer and read with
@@ -138,7 +138,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--chunk-mib", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--child")
     parser.add_argument("--endpoint")
@@ -158,8 +158,9 @@ def main() -> int:
                     f.write(os.urandom(MIB))
             s3.upload(KEY, path)
             os.unlink(path)
-            clients = [c for c in clients if available(c) or print(f"{c}: not importable, skipped",
-                                                                        file=sys.stderr)]
+            for client in [c for c in clients if not available(c)]:
+                print(f"{client}: not importable, skipped", file=sys.stderr)
+                clients.remove(client)
             runs: dict[str, list] = {c: [] for c in clients}
             # Round-robin, so that a busy moment of the machine does not fall on one client only.
             for _ in range(args.repeat):
