@@ -175,3 +175,18 @@ def test_the_guard_refuses_a_request_to_another_host():
         with pytest.raises(RunnerFailure) as caught:
             guard.address(host, port)
         assert caught.value.reason == "EndpointNotAllowed"
+
+
+def test_network_errors_are_retried_and_credential_errors_are_not():
+    from botocore import exceptions as bx
+
+    obj = s3client.S3Object(endpoint="https://s3.example.test", bucket="b", key="k", region="us-east-1",
+                            force_path_style=True, credentials=None)
+    dropped = obj._failure(bx.ConnectionClosedError(endpoint_url="https://s3.example.test/b/k"), 1 << 20)
+    assert dropped.reason == "FetchFailed" and dropped.retryable and "at byte 1048576" in dropped.message
+    none = obj._failure(bx.NoCredentialsError(), 0)
+    assert not none.retryable and "no S3 credentials" in none.message
+    sts = obj._failure(bx.ClientError({"Error": {"Code": "AccessDenied"},
+                                       "ResponseMetadata": {"HTTPStatusCode": 403}}, "AssumeRoleWithWebIdentity"), 0)
+    assert not getattr(sts, "retryable", False)
+    assert "AssumeRoleWithWebIdentity: HTTP 403 AccessDenied" in sts.message

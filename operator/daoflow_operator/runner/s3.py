@@ -158,17 +158,17 @@ def _pinned_session(guard: Guard, verify: str | bool, timeout: float):
 def _cause(exc: BaseException) -> BaseException | None:
     """The runner's own failure, or the TLS error, somewhere inside a botocore/urllib3 error."""
     seen = set()
-    todo = [exc]
+    todo: list[object] = [exc]
     while todo:
         cur = todo.pop()
-        if cur is None or id(cur) in seen:
+        if not isinstance(cur, BaseException) or id(cur) in seen:
             continue
         seen.add(id(cur))
         if isinstance(cur, (RunnerFailure, ssl.SSLError)):
             return cur
-        todo += [cur.__cause__, cur.__context__, getattr(cur, "reason", None)]
-        todo += [v for v in (getattr(cur, "kwargs", None) or {}).values() if isinstance(v, BaseException)]
-        todo += [a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)]
+        # botocore keeps the error it wraps in kwargs["error"], urllib3 in `reason` or args.
+        todo += [cur.__cause__, cur.__context__, getattr(cur, "reason", None), *getattr(cur, "args", ())]
+        todo += list((getattr(cur, "kwargs", None) or {}).values())
     return None
 
 
