@@ -7,6 +7,7 @@ A missing tool fails the tests rather than skipping them: CI installs and builds
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -63,6 +64,8 @@ class S3Server:
     secret_key: str
     client: object
     creds_dir: Path
+    root: Path | None = None  # the gateway's POSIX folder: a second gateway may serve it too
+    ca_file: Path | None = None  # the CA that signed the server's certificate, when it speaks TLS
 
     def upload(self, key: str, path: Path | str) -> None:
         with open(path, "rb") as f:
@@ -71,12 +74,74 @@ class S3Server:
     def upload_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
 
-    def source(self, prefix: str = "", path_style: bool = True, creds_dir: Path | None = None) -> dict:
-        return {
+    def source(self, prefix: str = "", path_style: bool = True, creds_dir: Path | None = None,
+               from_environment: bool = False, ca_file: Path | None = None) -> dict:
+        """A plan's source. `from_environment`: no credentials folder, the default chain applies."""
+        source = {
             "type": "s3", "endpoint": self.endpoint, "bucket": self.bucket, "region": "us-east-1",
             "prefix": prefix, "forcePathStyle": path_style,
-            "credentialsDir": str(creds_dir or self.creds_dir),
         }
+        if not from_environment:
+            source["credentialsDir"] = str(creds_dir or self.creds_dir)
+        if ca_file is not None:
+            source["caBundleFile"] = str(ca_file)
+        return source
+
+
+# Names and addresses the test server's certificate is valid for: loopback, and the address at
+# which pods on the local node reach the host (localcluster.node.NODE_IP, through node.forward).
+TLS_NAMES = ("DNS:localhost", "IP:127.0.0.1", "IP:10.88.0.1")
+
+
+def make_test_ca(directory: Path, names: tuple[str, ...] = TLS_NAMES) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate it signed, with openssl: (ca.crt, server.crt, server.key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
+    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
+    ext = directory / "server.ext"
+    ext.write_text(f"subjectAltName={','.join(names)}\nbasicConstraints=critical,CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+                   "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca_crt),
+            "-days", "3", "-subj", "/CN=daoflow test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-out", str(crt), "-days", "3", "-extfile", str(ext))
+    return ca_crt, crt, key
+
+
+@contextlib.contextmanager
+def versitygw(root: Path, log_dir: Path, access_key: str, secret_key: str, tls: tuple[Path, Path] | None = None):
+    """One gateway on a free loopback port, serving `root`; yields its port. `tls`: (cert, key)."""
+    from daoflow_operator.localcluster import build
+
+    binary = build.ensure_tool("versitygw", log=lambda msg: print(msg, file=sys.stderr))
+    port = free_port()
+    log = open(log_dir / "versitygw.log", "wb")
+    # Credentials through the environment, so they do not show in the process list.
+    env = dict(os.environ, ROOT_ACCESS_KEY_ID=access_key, ROOT_SECRET_ACCESS_KEY=secret_key)
+    extra = ["--cert", str(tls[0]), "--key", str(tls[1])] if tls else []
+    proc = subprocess.Popen(
+        [str(binary), "--port", f"127.0.0.1:{port}", "--region", "us-east-1", "--virtual-domain", "localhost",
+         *extra, "posix", str(root)],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        wait_for_port(port, proc, "versitygw")
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
 @pytest.fixture(scope="session")
@@ -86,36 +151,27 @@ def s3(tmp_path_factory) -> S3Server:
     import secrets
 
     import boto3
-    from daoflow_operator.localcluster import build
 
-    binary = build.ensure_tool("versitygw", log=lambda msg: print(msg, file=sys.stderr))
     root = tmp_path_factory.mktemp("s3-root")
     access_key, secret_key = "DAOFLOW" + secrets.token_hex(6).upper(), secrets.token_hex(20)
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("s3-log") / "versitygw.log", "wb")
-    # Credentials through the environment, so they do not show in the process list.
-    env = dict(os.environ, ROOT_ACCESS_KEY_ID=access_key, ROOT_SECRET_ACCESS_KEY=secret_key)
-    proc = subprocess.Popen(
-        [str(binary), "--port", f"127.0.0.1:{port}", "--region", "us-east-1", "--virtual-domain", "localhost",
-         "posix", str(root)],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    try:
-        wait_for_port(port, proc, "versitygw")
+    with versitygw(root, tmp_path_factory.mktemp("s3-log"), access_key, secret_key) as port:
         endpoint = f"http://127.0.0.1:{port}"
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id=access_key, aws_secret_access_key=secret_key)
         client.create_bucket(Bucket="backups")
         creds = write_s3_credentials(tmp_path_factory.mktemp("s3-credentials"), access_key, secret_key)
-        yield S3Server(endpoint, port, "backups", access_key, secret_key, client, creds)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        yield S3Server(endpoint, port, "backups", access_key, secret_key, client, creds, root=root)
+
+
+@pytest.fixture(scope="session")
+def s3_tls(s3: S3Server, tmp_path_factory) -> S3Server:
+    """A second gateway over HTTPS on the same folder, keys and bucket as `s3` (an object uploaded
+    through either is served by both), with a certificate signed by a throwaway CA (`ca_file`)."""
+    ca, cert, key = make_test_ca(tmp_path_factory.mktemp("s3-tls"))
+    with versitygw(s3.root, tmp_path_factory.mktemp("s3-tls-log"), s3.access_key, s3.secret_key,
+                   tls=(cert, key)) as port:
+        yield S3Server(f"https://127.0.0.1:{port}", port, s3.bucket, s3.access_key, s3.secret_key, s3.client,
+                       s3.creds_dir, root=s3.root, ca_file=ca)
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------

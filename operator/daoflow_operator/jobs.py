@@ -30,6 +30,8 @@ PLAN_FILE = f"{PLAN_DIR}/plan.json"
 TARGET_DIR = "/var/run/daoflow/target"
 DESTINATION_DIR = "/var/run/daoflow/destination"
 S3_CREDENTIALS_DIR = "/var/run/daoflow/s3-credentials"
+S3_CA_DIR = "/var/run/daoflow/s3-ca"
+S3_CA_FILE = f"{S3_CA_DIR}/ca.crt"
 DATABASE_DIR = "/var/run/daoflow/database"
 RUNNER_UID = 65532
 
@@ -58,7 +60,12 @@ def runner_plan(restore: dict, plan: dict, destination: dict, config: Config) ->
         s3 = dest_spec["s3"]
         source = {"type": "s3", "endpoint": s3["endpoint"], "bucket": s3["bucket"],
                   "region": s3.get("region") or "us-east-1", "prefix": s3.get("prefix") or "",
-                  "forcePathStyle": bool(s3.get("forcePathStyle")), "credentialsDir": S3_CREDENTIALS_DIR}
+                  "forcePathStyle": bool(s3.get("forcePathStyle"))}
+        # Without a credentials folder the runner uses the default chain of the pod's environment.
+        if s3.get("credentialsSecretRef"):
+            source["credentialsDir"] = S3_CREDENTIALS_DIR
+        if s3.get("caBundle"):
+            source["caBundleFile"] = S3_CA_FILE
         if config.s3_endpoint_allowlist:
             source["endpointAllowlist"] = list(config.s3_endpoint_allowlist)
     else:
@@ -90,6 +97,19 @@ def scratch_volume(plan: dict) -> dict:
     if size is None:
         return {}
     return {"sizeLimit": str(max(1 << 30, size + size // 10 + (64 << 20)))}
+
+
+def ca_bundle_volumes(ca_bundle: dict | None) -> list[dict]:
+    """The CA bundle's one key, as the file ca.crt (certificates are public: world-readable)."""
+    if not ca_bundle:
+        return []
+    if ca_bundle.get("configMapKeyRef"):
+        ref = ca_bundle["configMapKeyRef"]
+        return [{"name": "s3-ca-bundle", "configMap": {
+            "name": ref["name"], "items": [{"key": ref["key"], "path": "ca.crt"}], "defaultMode": 0o444}}]
+    ref = ca_bundle["secretKeyRef"]
+    return [{"name": "s3-ca-bundle", "secret": {
+        "secretName": ref["name"], "items": [{"key": ref["key"], "path": "ca.crt"}], "defaultMode": 0o444}}]
 
 
 def build_job(restore: dict, plan: dict, destination: dict, config: Config) -> dict[str, Any]:
@@ -124,10 +144,18 @@ def build_job(restore: dict, plan: dict, destination: dict, config: Config) -> d
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     dest_spec = destination["spec"]
+    service_account = None
     if dest_spec.get("s3"):
-        volumes.append({"name": "s3-credentials", "secret": {
-            "secretName": dest_spec["s3"]["credentialsSecretRef"]["name"], "defaultMode": 0o400}})
-        mounts.append({"name": "s3-credentials", "mountPath": S3_CREDENTIALS_DIR, "readOnly": True})
+        s3 = dest_spec["s3"]
+        if s3.get("credentialsSecretRef"):
+            volumes.append({"name": "s3-credentials", "secret": {
+                "secretName": s3["credentialsSecretRef"]["name"], "defaultMode": 0o400}})
+            mounts.append({"name": "s3-credentials", "mountPath": S3_CREDENTIALS_DIR, "readOnly": True})
+        else:
+            service_account = (s3.get("credentialsFromEnvironment") or {}).get("serviceAccountName")
+        volumes.extend(ca_bundle_volumes(s3.get("caBundle")))
+        if s3.get("caBundle"):
+            mounts.append({"name": "s3-ca-bundle", "mountPath": S3_CA_DIR, "readOnly": True})
     else:
         pvc = dest_spec["persistentVolumeClaim"]
         # Read-only: a restore never changes the artifact.
@@ -182,6 +210,10 @@ def build_job(restore: dict, plan: dict, destination: dict, config: Config) -> d
         "containers": [container],
         "volumes": volumes,
     }
+    if service_account:
+        # For IRSA or Pod Identity: the pod runs under this ServiceAccount. Its API token is still
+        # not mounted (above); the EKS webhook projects its own audience-bound token instead.
+        pod_spec["serviceAccountName"] = service_account
     # Placement, only when configured: without it the Job is exactly what it always was.
     if config.job_node_selector:
         pod_spec["nodeSelector"] = dict(config.job_node_selector)

@@ -91,8 +91,8 @@ def _destination_location(destination: dict, path: str) -> tuple[str | None, str
         return None, "", ["must set exactly one of s3 or persistentVolumeClaim"]
     if s3:
         problems = [f"s3.{k} is not set" for k in ("endpoint", "bucket") if not s3.get(k)]
-        if not _get(s3, "credentialsSecretRef", "name"):
-            problems.append("s3.credentialsSecretRef is not set")
+        if bool(_get(s3, "credentialsSecretRef", "name")) == ("credentialsFromEnvironment" in s3):
+            problems.append("s3 must set exactly one of credentialsSecretRef or credentialsFromEnvironment")
         key = (s3.get("prefix") or "") + path
         return "s3", f"s3://{s3.get('bucket', '')}/{key}", problems
     if not pvc.get("claimName"):

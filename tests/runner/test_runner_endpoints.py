@@ -58,7 +58,8 @@ def test_the_checked_address_is_the_one_connected_to_and_it_is_resolved_once(mon
         raise ConnectionRefusedError(111, "refused")
     monkeypatch.setattr(s3.socket, "create_connection", create_connection)
     obj = s3.S3Object(endpoint="http://s3.example.com:9000", bucket="backups", key="a", region="us-east-1",
-                      force_path_style=True, credentials=None, getaddrinfo=lookup, sleep=lambda s: None)
+                      force_path_style=True, credentials=s3.Credentials("AKID", "SECRET"), getaddrinfo=lookup,
+                      sleep=lambda s: None)
     with pytest.raises(RunnerFailure):
         list(obj.chunks())
     assert lookup.calls == [("s3.example.com", 9000)]  # once, for every retry

@@ -180,7 +180,9 @@ def test_sigterm_midway_rolls_back_and_reports_interrupted(sample, tmp_path):
     report = tmp_path / "report"
     proc = subprocess.Popen(RUNNER + ["--plan", str(tmp_path / "plan.json"), "--report", str(report)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, DAOFLOW_PROGRESS_INTERVAL_SECONDS="0.1"))
+                            # No credentialsDir: the default chain, which finds these (the server ignores them).
+                            env=dict(os.environ, DAOFLOW_PROGRESS_INTERVAL_SECONDS="0.1",
+                                     AWS_ACCESS_KEY_ID="AKIDTRICKLE", AWS_SECRET_ACCESS_KEY="unused"))
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # bounded: fails below if never midway

@@ -69,10 +69,41 @@ class LocalObjectReference(Model):
 # -- BackupDestination ---------------------------------------------------------------------
 
 
+# A key of a ConfigMap or Secret (the Kubernetes rule for data keys).
+DATA_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+
+
+class KeySelector(Model):
+    """One key of a ConfigMap or Secret in the same namespace."""
+
+    name: Name
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=DATA_KEY_PATTERN)]
+
+
+class CABundleSource(Model):
+    x_validations: ClassVar = [
+        cel("has(self.configMapKeyRef) != has(self.secretKeyRef)",
+            "exactly one of configMapKeyRef or secretKeyRef must be set"),
+    ]
+    config_map_key_ref: KeySelector | None = Field(None, description="A ConfigMap key holding PEM certificates.")
+    secret_key_ref: KeySelector | None = Field(None, description="A Secret key holding PEM certificates.")
+
+
+class CredentialsFromEnvironment(Model):
+    service_account_name: Name | None = Field(
+        None, description="The ServiceAccount the restore pod runs under, e.g. one annotated for IRSA "
+                          "(eks.amazonaws.com/role-arn) or bound by an EKS Pod Identity association. "
+                          "Default: the namespace's default ServiceAccount.")
+
+
 class S3Destination(Model):
     x_validations: ClassVar = [
         cel("self.endpoint.startsWith('https://') || (has(self.allowInsecureHTTP) && self.allowInsecureHTTP)",
             "endpoint must use https:// unless allowInsecureHTTP is true", fieldPath=".endpoint"),
+        cel("has(self.credentialsSecretRef) != has(self.credentialsFromEnvironment)",
+            "exactly one of credentialsSecretRef or credentialsFromEnvironment must be set"),
+        cel("!has(self.caBundle) || self.endpoint.startsWith('https://')",
+            "caBundle may only be set with an https:// endpoint", fieldPath=".caBundle"),
     ]
     endpoint: Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s/]+(/.*)?$",
                                    description="URL of the S3-compatible endpoint, e.g. https://s3.eu-west-1.amazonaws.com.")]
@@ -84,8 +115,16 @@ class S3Destination(Model):
     region: Annotated[str, Field(max_length=64)] = "us-east-1"
     prefix: Annotated[str, Field(max_length=1024, description="Key prefix under which artifact paths are resolved.")] = ""
     force_path_style: bool = Field(False, description="Address the bucket as endpoint/bucket instead of bucket.endpoint.")
-    credentials_secret_ref: LocalObjectReference = Field(
-        description="A Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN).")
+    credentials_secret_ref: LocalObjectReference | None = Field(
+        None, description="A Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally "
+                          "AWS_SESSION_TOKEN). One of credentialsSecretRef or credentialsFromEnvironment.")
+    credentials_from_environment: CredentialsFromEnvironment | None = Field(
+        None, description="Take the credentials from the restore pod's environment through the default AWS "
+                          "credential chain (web identity/IRSA, EKS Pod Identity, instance metadata, ...). "
+                          "One of credentialsSecretRef or credentialsFromEnvironment.")
+    ca_bundle: CABundleSource | None = Field(
+        None, description="PEM certificates of the CAs that sign the endpoint's certificate, trusted instead of "
+                          "the system's CAs (a private CA). Only with an https:// endpoint.")
 
 
 class PersistentVolumeClaimDestination(Model):

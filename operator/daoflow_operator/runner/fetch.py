@@ -74,12 +74,14 @@ def _file_chunks(fd: int) -> Iterator[bytes]:
 
 
 def open_s3_artifact(source: S3Source, key: str):
-    from .s3 import S3Object, read_credentials  # http.client and ssl only when needed
+    from .s3 import S3Object, read_credentials  # botocore only when needed
 
+    # No credentials folder: botocore's default chain, from the pod's environment.
     creds = read_credentials(source.credentials_dir) if source.credentials_dir else None
     return S3Object(
         endpoint=source.endpoint, bucket=source.bucket, key=key, region=source.region,
         force_path_style=source.force_path_style, credentials=creds, allowlist=source.endpoint_allowlist,
+        ca_bundle=source.ca_bundle_file,
     )
 
 

@@ -51,10 +51,13 @@ class S3Source:
     region: str
     prefix: str
     force_path_style: bool
+    # The mounted Secret's folder; None: the default credential chain of the pod's environment.
     credentials_dir: str | None
     # CIDRs the endpoint must resolve into (an operator setting); empty: any address but link-local
     # and cloud metadata ones.
     endpoint_allowlist: tuple[str, ...] = ()
+    # A PEM file of the CAs to trust for an https endpoint, instead of the system's.
+    ca_bundle_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,10 @@ def parse_source(raw: Any) -> S3Source | VolumeSource:
         creds = obj.get("credentialsDir")
         if creds is not None and (not isinstance(creds, str) or not creds.startswith("/")):
             raise invalid_plan("source.credentialsDir must be an absolute path")
+        ca_bundle = obj.get("caBundleFile")
+        if ca_bundle is not None and (not isinstance(ca_bundle, str) or not ca_bundle.startswith("/")
+                                      or "\x00" in ca_bundle):
+            raise invalid_plan("source.caBundleFile must be an absolute path")
         allowlist = obj.get("endpointAllowlist", [])
         if not isinstance(allowlist, list) or not all(isinstance(n, str) and _network(n) for n in allowlist):
             raise invalid_plan("source.endpointAllowlist must be a list of CIDRs such as 10.0.0.0/8")
@@ -215,6 +222,7 @@ def parse_source(raw: Any) -> S3Source | VolumeSource:
             force_path_style=force,
             credentials_dir=creds,
             endpoint_allowlist=tuple(allowlist),
+            ca_bundle_file=ca_bundle,
         )
     if kind == "volume":
         mount = _absolute_dir(obj, "mountPath", "source")

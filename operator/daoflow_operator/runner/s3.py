@@ -1,29 +1,29 @@
-"""A small streaming S3 GET client: AWS Signature Version 4 on the standard library.
+"""GET one S3 object through botocore: its SigV4 signing and its whole credential chain (a
+Secret's static keys, or the pod's environment: web identity/IRSA, Pod Identity and other
+container credentials, instance metadata, ...), with the runner's own guard on where it connects.
 
-Only what a restore needs: GET one object, path-style or virtual-host style, any region, with
-an optional session token, resuming with a Range request when the connection drops.
-Signing (`sign_request`) is a pure function; `S3Object.chunks` is the I/O.
+The guard: the endpoint's name is resolved once and every address checked (`resolve`); the S3
+requests then connect only to that address, and only for that host name, so a redirect to another
+host is refused too. It is bound to this client's requests alone (`_PinnedSession`, through the
+client's `before-send` event): the credential chain's own calls (STS, the container credentials
+endpoint, instance metadata) keep botocore's plain sessions, so refusing metadata addresses as an
+endpoint never breaks them.
+Streaming reads fill 1 MiB buffers with readinto(); a dropped connection resumes with a Range
+request, pinned to the first response's ETag.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import hmac
-import http.client
 import ipaddress
-import re
+import os
 import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
 
 from .failures import RunnerFailure, endpoint_not_allowed, fetch_failed
 
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-ALGORITHM = "AWS4-HMAC-SHA256"
 CHUNK = 1 << 20
 
 
@@ -37,103 +37,14 @@ class Credentials:
         return "Credentials(***)"
 
 
-@dataclass(frozen=True)
-class Address:
-    """Where to connect and what to sign: the result of the addressing style."""
-
-    scheme: str
-    host: str  # host name to connect to
-    port: int
-    host_header: str  # the Host header, as signed
-    path: str  # the URI-encoded path, as signed and sent
-
-
-def uri_encode_path(path: str) -> str:
-    # S3 encodes each byte except the unreserved characters and '/', and does not double-encode.
-    return quote(path.encode("utf-8", "surrogateescape"), safe="/~")
-
-
-def address(endpoint: str, bucket: str, key: str, force_path_style: bool) -> Address:
-    """Pure: the address of an object under both addressing styles."""
-    parts = urlsplit(endpoint)
-    scheme = parts.scheme
-    port = parts.port or (443 if scheme == "https" else 80)
-    host = parts.hostname or ""
-    base = parts.path.rstrip("/")
-    default_port = (scheme, port) in (("http", 80), ("https", 443))
-    bracketed = f"[{host}]" if ":" in host else host
-    if force_path_style:
-        path = f"{base}/{bucket}/{key}"
-    else:
-        host = f"{bucket}.{host}"
-        bracketed = f"{bucket}.{bracketed}"
-        path = f"{base}/{key}"
-    host_header = bracketed if default_port else f"{bracketed}:{port}"
-    return Address(scheme=scheme, host=host, port=port, host_header=host_header,
-                   path=uri_encode_path(path))
-
-
-def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
-
-
-def signing_key(secret: str, date: str, region: str, service: str = "s3") -> bytes:
-    k = _hmac(("AWS4" + secret).encode("utf-8"), date)
-    k = _hmac(k, region)
-    k = _hmac(k, service)
-    return _hmac(k, "aws4_request")
-
-
-def sign_request(
-    *,
-    method: str,
-    addr: Address,
-    headers: dict[str, str],
-    region: str,
-    credentials: Credentials,
-    now: dt.datetime,
-    payload_sha256: str = EMPTY_SHA256,
-) -> dict[str, str]:
-    """Pure: the request headers with x-amz-date, x-amz-content-sha256 and Authorization.
-
-    Every header passed in is signed. There is no query string: a GET of an object needs none.
-    """
-    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-    date = amz_date[:8]
-    out = {k.lower(): " ".join(v.strip().split()) for k, v in headers.items()}
-    out["host"] = addr.host_header
-    out["x-amz-date"] = amz_date
-    out["x-amz-content-sha256"] = payload_sha256
-    if credentials.session_token:
-        out["x-amz-security-token"] = credentials.session_token
-    names = sorted(out)
-    canonical_headers = "".join(f"{n}:{out[n]}\n" for n in names)
-    signed = ";".join(names)
-    canonical = "\n".join([method, addr.path, "", canonical_headers, signed, payload_sha256])
-    scope = f"{date}/{region}/s3/aws4_request"
-    to_sign = "\n".join(
-        [ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode("utf-8")).hexdigest()]
-    )
-    signature = hmac.new(
-        signing_key(credentials.secret_access_key, date, region), to_sign.encode("utf-8"),
-        hashlib.sha256,
-    ).hexdigest()
-    out["authorization"] = (
-        f"{ALGORITHM} Credential={credentials.access_key_id}/{scope}, "
-        f"SignedHeaders={signed}, Signature={signature}"
-    )
-    return out
-
-
-def error_summary(status: int, body: bytes, headers: dict[str, str]) -> str:
+def error_summary(status: int, code: str, headers: dict[str, str]) -> str:
     """Pure: a short description of an S3 error response (its Code, never its echo of input)."""
-    code = re.search(rb"<Code>([^<]{1,64})</Code>", body)
     text = f"HTTP {status}"
-    if code:
-        text += " " + code.group(1).decode("ascii", "replace")
+    if code and code != str(status):
+        text += " " + code[:64]
     region = headers.get("x-amz-bucket-region")
     if region:
-        text += f" (the bucket is in region {region})"
+        text += f" (the bucket is in region {region[:64]})"
     return text
 
 
@@ -187,31 +98,104 @@ def resolve(host: str, port: int, allowlist: tuple[str, ...] = (),
     return ips[0]
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to the address that was checked, not to a name resolved again."""
+class Guard:
+    """Where the S3 requests may connect: the first host they address, at the address checked
+    for it. Any other host (a redirect elsewhere) is refused."""
 
-    def __init__(self, host: str, port: int, ip: str, timeout: float):
-        super().__init__(host, port, timeout=timeout)
-        self._ip = ip
+    def __init__(self, allowlist: tuple[str, ...], getaddrinfo: Callable, connect_host: str | None):
+        self.allowlist = allowlist
+        self.getaddrinfo = getaddrinfo
+        # Tests reach a virtual-host-style name on loopback without DNS, like curl --resolve.
+        self.connect_host = connect_host
+        self.host: str | None = None
+        self.port: int | None = None
+        self.ip: str | None = None
 
-    def connect(self) -> None:
-        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
+    def address(self, host: str, port: int) -> str:
+        if self.host is None:
+            self.ip = resolve(self.connect_host or host, port, self.allowlist, self.getaddrinfo)
+            self.host, self.port = host, port
+        elif (host, port) != (self.host, self.port):
+            raise endpoint_not_allowed(
+                f"a request to {host}:{port} was refused: the runner connects only to the checked "
+                f"endpoint {self.host}:{self.port}")
+        assert self.ip is not None
+        return self.ip
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """As above, with TLS verified against the endpoint's name (SNI and certificate)."""
+def _pinned_session(guard: Guard, verify: str | bool, timeout: float):
+    """A botocore HTTP session whose connections go to the guard's checked address. The TLS
+    name check and SNI still use the endpoint's name (urllib3 uses `host`, not the address)."""
+    from botocore.awsrequest import (AWSHTTPConnection, AWSHTTPConnectionPool, AWSHTTPSConnection,
+                                     AWSHTTPSConnectionPool)
+    from botocore.httpsession import URLLib3Session
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-    def __init__(self, host: str, port: int, ip: str, timeout: float, context: ssl.SSLContext):
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._ip = ip
+    def new_conn(self) -> socket.socket:
+        ip = guard.address(self.host, self.port)
+        limit = self.timeout if isinstance(self.timeout, (int, float)) else None
+        try:
+            sock = socket.create_connection((ip, self.port), limit, self.source_address)
+        except socket.timeout as exc:
+            raise ConnectTimeoutError(self, f"connecting to {self.host} timed out") from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"failed to connect: {exc}") from exc
+        for option in self.socket_options or ():
+            sock.setsockopt(*option)
+        return sock
 
-    def connect(self) -> None:
-        sock = socket.create_connection((self._ip, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+    http_conn = type("PinnedHTTPConnection", (AWSHTTPConnection,), {"_new_conn": new_conn})
+    https_conn = type("PinnedHTTPSConnection", (AWSHTTPSConnection,), {"_new_conn": new_conn})
+    session = URLLib3Session(verify=verify, timeout=(timeout, timeout), max_pool_connections=1)
+    # The pool classes by scheme are the session's one extension point for connections; the
+    # same mapping serves its pool manager.
+    session._pool_classes_by_scheme.update(
+        http=type("PinnedHTTPPool", (AWSHTTPConnectionPool,), {"ConnectionCls": http_conn}),
+        https=type("PinnedHTTPSPool", (AWSHTTPSConnectionPool,), {"ConnectionCls": https_conn}))
+    return session
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """The runner's own failure, or the TLS error, somewhere inside a botocore/urllib3 error."""
+    seen = set()
+    todo: list[object] = [exc]
+    while todo:
+        cur = todo.pop()
+        if not isinstance(cur, BaseException) or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, (RunnerFailure, ssl.SSLError)):
+            return cur
+        # botocore keeps the error it wraps in kwargs["error"], urllib3 in `reason` or args.
+        todo += [cur.__cause__, cur.__context__, getattr(cur, "reason", None), *getattr(cur, "args", ())]
+        todo += list((getattr(cur, "kwargs", None) or {}).values())
+    return None
+
+
+def read_chunk(readinto: Callable[[memoryview], int], size: int) -> bytearray:
+    """A fresh buffer filled with up to `size` bytes; empty at the end of the stream. It fills
+    the whole chunk: a socket read returns far less, and every small chunk costs a queue
+    hand-off and a decompressor call downstream."""
+    buf = bytearray(size)
+    with memoryview(buf) as view:
+        n = 0
+        while n < size:
+            got = readinto(view[n:])
+            if not got:
+                break
+            n += got
+    if n < size:
+        del buf[n:]
+    return buf
 
 
 class S3Object:
-    """One object to GET, read as a stream of chunks, resumed on connection errors."""
+    """One object to GET, read as a stream of chunks, resumed on connection errors.
+
+    `credentials`: static keys (from a Secret), or None for the default credential chain of the
+    pod's environment. `ca_bundle`: a PEM file of CAs to trust instead of the public ones
+    (without it, botocore's bundle of public CAs, or certifi's where installed, applies).
+    """
 
     RETRIES = 5
 
@@ -224,107 +208,138 @@ class S3Object:
         region: str,
         force_path_style: bool,
         credentials: Credentials | None,
+        ca_bundle: str | None = None,
         timeout: float = 60.0,
         connect_host: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         allowlist: tuple[str, ...] = (),
         getaddrinfo: Callable = socket.getaddrinfo,
     ):
-        self.addr = address(endpoint, bucket, key, force_path_style)
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.key = key
         self.url = f"s3://{bucket}/{key}"
         self.region = region
+        self.force_path_style = force_path_style
         self.credentials = credentials
+        self.ca_bundle = ca_bundle
         self.timeout = timeout
-        # Tests reach a virtual-host-style name on loopback without DNS, like curl --resolve.
-        self.connect_host = connect_host or self.addr.host
         self.sleep = sleep
-        self.allowlist = allowlist
-        self.getaddrinfo = getaddrinfo
-        self._ip: str | None = None  # resolved and checked once, then used for every connection
+        self.guard = Guard(allowlist, getaddrinfo, connect_host)
         self.length: int | None = None
         self._etag: str | None = None
+        self._client = None
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._ip is None:
-            self._ip = resolve(self.connect_host, self.addr.port, self.allowlist, self.getaddrinfo)
-        if self.addr.scheme == "https":
-            return _PinnedHTTPSConnection(self.addr.host, self.addr.port, self._ip, self.timeout,
-                                          ssl.create_default_context())
-        return _PinnedHTTPConnection(self.connect_host, self.addr.port, self._ip, self.timeout)
+    def client(self):
+        """The botocore client, made once. Its requests are sent by the pinned session."""
+        if self._client is None:
+            import botocore.session
+            from botocore.config import Config
 
-    def _open(self, offset: int) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        headers: dict[str, str] = {}
+            session = botocore.session.Session()
+            if self.credentials is not None:
+                session.set_credentials(self.credentials.access_key_id, self.credentials.secret_access_key,
+                                        self.credentials.session_token or None)
+            config = Config(
+                region_name=self.region, signature_version="s3v4",
+                s3={"addressing_style": "path" if self.force_path_style else "virtual"},
+                # One attempt per call: the resume loop below is the one retry policy.
+                retries={"total_max_attempts": 1},
+                connect_timeout=self.timeout, read_timeout=self.timeout,
+                # The runner checks the pinned sha256 of every byte; a second checksum is work.
+                response_checksum_validation="when_required",
+                request_checksum_calculation="when_required",
+            )
+            client = session.create_client("s3", endpoint_url=self.endpoint, config=config,
+                                           verify=self.ca_bundle or True)
+            pinned = _pinned_session(self.guard, self.ca_bundle or True, self.timeout)
+            client.meta.events.register("before-send.s3", lambda request, **_: pinned.send(request))
+            self._client = client
+        return self._client
+
+    def _failure(self, exc: Exception, offset: int) -> RunnerFailure:
+        """A clear failure for a botocore error; `retryable` when a new attempt may succeed."""
+        from botocore import exceptions as bx
+        from urllib3.exceptions import HTTPError
+
+        cause = _cause(exc)
+        retryable = False
+        if isinstance(cause, RunnerFailure):
+            return cause
+        if isinstance(exc, bx.ClientError):
+            meta = exc.response.get("ResponseMetadata", {})
+            status = int(meta.get("HTTPStatusCode") or 0)
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            summary = error_summary(status, code, meta.get("HTTPHeaders") or {})
+            if exc.operation_name != "GetObject":  # e.g. STS, for web identity credentials
+                return fetch_failed(f"obtaining the S3 credentials from the pod's environment failed: "
+                                    f"{exc.operation_name}: {summary}")
+            failure = fetch_failed(f"GET {self.url} failed: {summary}")
+            failure.retryable = status >= 500 or status == 429  # type: ignore[attr-defined]
+            return failure
+        if isinstance(cause, ssl.SSLError) or isinstance(exc, bx.SSLError):
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                detail = f"certificate verify failed: {cause.verify_message}"
+            else:
+                detail = getattr(cause, "reason", None) or "the TLS handshake failed"
+            hint = " (caBundle is set)" if self.ca_bundle else " (no caBundle is set: only public CAs are trusted)"
+            message = f"GET {self.url}: TLS verification of the S3 endpoint failed: {detail}{hint}"
+        elif isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+            message = ("no S3 credentials were found in the pod's environment (web identity, container "
+                       "credentials, instance metadata, AWS_* variables)")
+        elif isinstance(exc, bx.CredentialRetrievalError):
+            provider = str(exc.kwargs.get("provider", "?"))[:64]
+            message = f"the S3 credentials could not be obtained from the pod's environment ({provider} failed)"
+        elif isinstance(exc, (bx.BotoCoreError, HTTPError, OSError)):
+            retryable = True  # a dropped or refused connection, a timeout: resume
+            message = f"GET {self.url} failed at byte {offset}: {type(exc).__name__}"
+        else:
+            raise exc  # a bug, not the network: reported as such by the fetch step
+        failure = fetch_failed(message)
+        failure.retryable = retryable  # type: ignore[attr-defined]
+        return failure
+
+    def _open(self, offset: int):
+        args = {"Bucket": self.bucket, "Key": self.key}
         if offset:
-            headers["range"] = f"bytes={offset}-"
+            args["Range"] = f"bytes={offset}-"
             if self._etag:
                 # A resumed read must continue the same object, not one replaced meanwhile.
-                headers["if-match"] = self._etag
-        if self.credentials is not None:
-            headers = sign_request(
-                method="GET", addr=self.addr, headers=headers, region=self.region,
-                credentials=self.credentials, now=dt.datetime.now(dt.timezone.utc),
-            )
-        else:
-            headers["host"] = self.addr.host_header
-        conn = self._connection()
-        conn.putrequest("GET", self.addr.path, skip_host=True, skip_accept_encoding=True)
-        for name, value in headers.items():
-            conn.putheader(name, value)
-        conn.endheaders()
-        resp = conn.getresponse()
-        expected = 206 if offset else 200
-        if resp.status != expected:
-            body = resp.read(65536)
-            conn.close()
-            summary = error_summary(resp.status, body, {k.lower(): v for k, v in resp.getheaders()})
-            failure = fetch_failed(f"GET {self.url} failed: {summary}")
-            failure.retryable = resp.status >= 500 or resp.status == 429  # type: ignore[attr-defined]
-            raise failure
+                args["IfMatch"] = self._etag
+        response = self.client().get_object(**args)
+        body = response["Body"]
         if offset:
-            start = re.match(r"bytes (\d+)-", resp.getheader("content-range", ""))
-            if not start or int(start.group(1)) != offset:
-                conn.close()
+            if not str(response.get("ContentRange", "")).startswith(f"bytes {offset}-"):
+                body.close()
                 raise fetch_failed(f"GET {self.url}: the server did not resume at byte {offset}")
         else:
-            length = resp.getheader("content-length")
-            self.length = int(length) if length and length.isdigit() else None
-            self._etag = resp.getheader("etag")
-        return conn, resp
+            self.length = response.get("ContentLength")
+            self._etag = response.get("ETag")
+        return body
 
     def chunks(self, chunk_size: int = CHUNK) -> Iterator[bytearray]:
         """The object's bytes in order. Raises RunnerFailure(FetchFailed) when it gives up."""
         offset = 0
         failures = 0
         while True:
-            conn = None
+            body = None
             try:
-                conn, resp = self._open(offset)
-                while True:
-                    # Fill the whole chunk: a socket read returns far less, and every small
-                    # chunk costs a queue hand-off and a decompressor call downstream.
-                    buf = bytearray(chunk_size)
-                    view, n = memoryview(buf), 0
-                    while n < chunk_size:
-                        got = resp.readinto(view[n:])
-                        if not got:
-                            break
-                        n += got
-                    view.release()
-                    if not n:
-                        break
-                    offset += n
+                body = self._open(offset)
+                while buf := read_chunk(body.readinto, chunk_size):
+                    offset += len(buf)
                     failures = 0
-                    if n < chunk_size:
-                        del buf[n:]
                     yield buf  # a fresh buffer each time: the consumer may keep it
                 if self.length is not None and offset < self.length:
-                    raise http.client.IncompleteRead(b"", self.length - offset)
+                    raise ConnectionError(f"the body ended at byte {offset} of {self.length}")
                 return
             except RunnerFailure as failure:
                 if not getattr(failure, "retryable", False) or failures >= self.RETRIES:
                     raise
                 failures += 1
-            except (OSError, http.client.HTTPException) as exc:
+            except Exception as exc:
+                failure = self._failure(exc, offset)
+                if not getattr(failure, "retryable", False):
+                    raise failure from None
                 failures += 1
                 if failures > self.RETRIES:
                     raise fetch_failed(
@@ -332,14 +347,13 @@ class S3Object:
                         f"{type(exc).__name__}"
                     ) from None
             finally:
-                if conn is not None:
-                    conn.close()
+                if body is not None:
+                    body.close()
             self.sleep(min(2 ** failures, 30))
 
 
 def read_credentials(directory: str) -> Credentials:
     """The mounted Secret: one file per key. Raises FetchFailed naming a missing key."""
-    import os
 
     def read(name: str, required: bool) -> str:
         path = os.path.join(directory, name)
