@@ -211,6 +211,15 @@ POD_FIELDS: dict[str, object] = {
 TOKEN_VOLUME_PREFIX = "kube-api-access-"
 TOKEN_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_MODE = 0o644
+# What the cloud identity webhooks add to a pod whose ServiceAccount is bound to a cloud role
+# (EKS IRSA and Pod Identity), for a destination with credentialsFromEnvironment: a projected token
+# for STS, its mount, and the variables that point the credential chain at it. Allowed only when the
+# template names a ServiceAccount, and only these: nothing else may differ, and none of them can
+# change what the runner restores or reports (the artifact's sha256 is pinned in the plan).
+IDENTITY_VOLUMES = frozenset({"aws-iam-token", "eks-pod-identity-token"})
+IDENTITY_ENV = frozenset({"AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_STS_REGIONAL_ENDPOINTS", "AWS_REGION",
+                          "AWS_DEFAULT_REGION", "AWS_ROLE_SESSION_NAME", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                          "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"})
 
 
 @dataclass(frozen=True)
@@ -234,10 +243,11 @@ def _image_pull_policy(container: dict) -> str:
     return "IfNotPresent" if tagged and not image.endswith(":latest") else "Always"
 
 
-def _container_shape(container: dict, token_volumes: set[str]) -> dict:
+def _container_shape(container: dict, token_volumes: set[str], identity_env: frozenset = frozenset()) -> dict:
     shape = {key: _or(container.get(key), default) for key, default in CONTAINER_FIELDS.items()}
     shape["imagePullPolicy"] = _image_pull_policy(container)
     shape["volumeMounts"] = [m for m in shape["volumeMounts"] if m.get("name") not in token_volumes]
+    shape["env"] = [e for e in shape["env"] if e.get("name") not in identity_env]
     # Dynamic resource claims put devices (and what their drivers inject) into the container.
     shape["resourceClaims"] = (container.get("resources") or {}).get("claims") or []
     return shape
@@ -267,18 +277,29 @@ def _is_token_volume(volume: dict) -> bool:
             and (sources[1]["configMap"] or {}).get("name") == "kube-root-ca.crt")
 
 
-def run_shape(spec: dict, admitted: bool = False) -> dict:
+def _is_identity_volume(volume: dict) -> bool:
+    """A cloud identity webhook's token volume: a projected ServiceAccount token and nothing else."""
+    sources = (volume.get("projected") or {}).get("sources") or []
+    return (volume.get("name") in IDENTITY_VOLUMES and len(volume) == 2 and bool(sources)
+            and all(list(s) == ["serviceAccountToken"] for s in sources))
+
+
+def run_shape(spec: dict, admitted: bool = False, identity: bool = False) -> dict:
     """What a pod spec runs and reads, normalised: equal shapes run the same thing.
 
     `admitted`: the spec of a pod (not a template), from which the ServiceAccount token volume the
-    API server itself adds may be left out.
+    API server itself adds may be left out. `identity`: the template names a ServiceAccount for
+    cloud credentials, so what the identity webhooks add (IDENTITY_*) is left out of both shapes.
     """
     token_volumes = set()
     if admitted and spec.get("automountServiceAccountToken") is not False:
         token_volumes = {v["name"] for v in spec.get("volumes") or [] if _is_token_volume(v)}
+    if identity:
+        token_volumes |= {v["name"] for v in spec.get("volumes") or [] if _is_identity_volume(v)}
+    identity_env = IDENTITY_ENV if identity else frozenset()
     shape: dict = {key: _or(spec.get(key), default) for key, default in POD_FIELDS.items()}
     for kind in ("initContainers", "containers", "ephemeralContainers"):
-        shape[kind] = [_container_shape(c, token_volumes) for c in spec.get(kind) or []]
+        shape[kind] = [_container_shape(c, token_volumes, identity_env) for c in spec.get(kind) or []]
     shape["volumes"] = sorted((_volume_shape(v) for v in spec.get("volumes") or [] if v["name"] not in token_volumes),
                               key=lambda v: v.get("name", ""))
     return shape
@@ -314,7 +335,9 @@ def untrusted_because(pod: dict, job: dict) -> str | None:
         changed = sorted(k for k, v in mine.items() if theirs.get(k) != v)
         if changed:
             return f"its {field_} differ from the Job's pod template: {', '.join(changed)}"
-    differences = _differences(run_shape(template.get("spec") or {}), run_shape(pod.get("spec") or {}, admitted=True))
+    identity = bool((template.get("spec") or {}).get("serviceAccountName"))
+    differences = _differences(run_shape(template.get("spec") or {}, identity=identity),
+                               run_shape(pod.get("spec") or {}, admitted=True, identity=identity))
     if differences:
         return f"its spec differs from the Job's pod template in {', '.join(differences)}"
     return None

@@ -20,11 +20,12 @@ JOB_UID = "job-uid"
 REPORT = json.dumps({"bytes": 73400320, "files": 12, "sha256": SHA, "verified": True})
 
 
-def the_job(**status_) -> dict:
+def the_job(destination: dict | None = None, **status_) -> dict:
     """The restore Job as the API server keeps it: the operator's manifest, with its uid and selector labels."""
     r = restore()
-    plan = planning.plan("ns", models.BackupRestoreSpec.model_validate(r["spec"]), run(), s3_destination()).plan
-    job = jobs.build_job(r, plan.dump(), s3_destination(), Config(runner_image="registry.example/daoflow:1.2.0"))
+    destination = destination or s3_destination()
+    plan = planning.plan("ns", models.BackupRestoreSpec.model_validate(r["spec"]), run(), destination).plan
+    job = jobs.build_job(r, plan.dump(), destination, Config(runner_image="registry.example/daoflow:1.2.0"))
     job["metadata"]["uid"] = JOB_UID
     job["spec"]["template"]["metadata"]["labels"].update(
         {"batch.kubernetes.io/controller-uid": JOB_UID, "batch.kubernetes.io/job-name": job["metadata"]["name"],
@@ -38,7 +39,7 @@ def own_pod(job: dict, name: str = "r1-restore-x7k2p", report: str | None = None
     template = copy.deepcopy(job["spec"]["template"])
     spec = template["spec"]
     spec.update({"nodeName": "node-1", "schedulerName": "default-scheduler", "dnsPolicy": "ClusterFirst",
-                 "terminationGracePeriodSeconds": 30, "serviceAccountName": "default", "serviceAccount": "default",
+                 "terminationGracePeriodSeconds": 30,
                  "priority": 0, "preemptionPolicy": "PreemptLowerPriority",
                  "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists",
                                   "effect": "NoExecute", "tolerationSeconds": 300}]})
@@ -47,6 +48,7 @@ def own_pod(job: dict, name: str = "r1-restore-x7k2p", report: str | None = None
             volume["downwardAPI"]["defaultMode"] = 420
             for item in volume["downwardAPI"]["items"]:
                 item["fieldRef"]["apiVersion"] = "v1"
+    spec["serviceAccountName"] = spec["serviceAccount"] = spec.get("serviceAccountName", "default")
     spec["containers"][0]["resources"]["limits"]["cpu"] = "2"  # a LimitRange's default
     if report is not None:
         state = {"terminated": {"exitCode": 0, "message": report, "startedAt": "2026-11-27T12:00:02Z"}}
@@ -177,6 +179,42 @@ def test_the_token_volume_of_the_service_account_plugin_counts_only_where_the_te
     mine["projected"]["sources"][1]["configMap"]["name"] = "mine"
     assert pods.untrusted_because(forged(job, lambda p: (p["spec"]["volumes"].append(mine),
                                                          runner(p)["volumeMounts"].append(dict(mount)))), job)
+
+
+def test_what_a_cloud_identity_webhook_adds_counts_only_for_a_serviceaccount_of_the_destination():
+    irsa = s3_destination()
+    del irsa["spec"]["s3"]["credentialsSecretRef"]
+    irsa["spec"]["s3"]["credentialsFromEnvironment"] = {"serviceAccountName": "restore-irsa"}
+    token = {"name": "aws-iam-token", "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"audience": "sts.amazonaws.com", "expirationSeconds": 86400, "path": "token"}}]}}
+    mount = {"name": "aws-iam-token", "mountPath": "/var/run/secrets/eks.amazonaws.com/serviceaccount",
+             "readOnly": True}
+    env = [{"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::111122223333:role/restore"},
+           {"name": "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"},
+           {"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"}]
+
+    def webhook(volume=token, extra_env=()):
+        def change(pod):
+            pod["spec"]["volumes"].append(copy.deepcopy(volume))
+            runner(pod)["volumeMounts"].append(dict(mount))
+            runner(pod).setdefault("env", []).extend([*env, *extra_env])
+        return change
+
+    job = the_job(irsa)
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "restore-irsa"
+    assert pods.untrusted_because(own_pod(job), job) is None
+    assert pods.untrusted_because(forged(job, webhook()), job) is None
+    # Only those variables: one that moves the endpoint or the CA is something else's doing.
+    for name in ("AWS_ENDPOINT_URL", "AWS_CA_BUNDLE", "DAOFLOW_S3_ENDPOINT_ALLOWLIST"):
+        assert pods.untrusted_because(forged(job, webhook(extra_env=[{"name": name, "value": "x"}])), job), name
+    # Only a token: a volume of that name with other content is not the webhook's.
+    mixed = copy.deepcopy(token)
+    mixed["projected"]["sources"].append({"configMap": {"name": "mine"}})
+    assert pods.untrusted_because(forged(job, webhook(volume=mixed)), job)
+    # A destination with a Secret names no ServiceAccount: the same additions are then untrusted.
+    plain = the_job()
+    assert pods.untrusted_because(forged(plain, webhook()), plain)
 
 
 # -- the record ------------------------------------------------------------------------------
