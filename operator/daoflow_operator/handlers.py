@@ -94,7 +94,7 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
                 observed.pods, observed.untrusted_pods = pods.judge(kube.job_pods(namespace, job), job)
                 if ended:
                     observed.report = pods.termination_message(observed.pods)
-                elif (pod_uid := pods.events_needed(observed.pods)) is not None:
+                elif (pod_uid := pods.events_needed(observed.pods, job)) is not None:
                     observed.pod_events = kube.pod_events(namespace, pod_uid)
 
     at = now()

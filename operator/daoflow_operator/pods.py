@@ -6,6 +6,10 @@ until the Job's activeDeadlineSeconds. `start()` reads the newest pod of the Job
 events about it, and tells whether the runner is running, is still starting, or never will:
 
     no pod yet / Pending for a passing reason     -> waiting  (the restore stays Queued)
+    no pod: the Job cannot create it (its events):
+      serviceaccount "X" not found               -> failed: ServiceAccountNotFound
+      forbidden by admission (PodSecurity, ...)  -> failed: PodRejected
+      anything else (a quota, a webhook down)    -> waiting, then failed: PodCreateFailed after the timeout
     the runner container is running or has run   -> running  (the restore is Running)
     ErrImagePull, ImagePullBackOff, ...          -> failed: ImagePullFailed
     CreateContainerConfigError, ...              -> failed: PodStartFailed
@@ -36,8 +40,12 @@ IMAGE_PULL_FAILED = "ImagePullFailed"
 POD_START_FAILED = "PodStartFailed"
 SECRET_NOT_FOUND = "SecretNotFound"
 UNSCHEDULABLE = "Unschedulable"
+SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
+POD_REJECTED = "PodRejected"
+POD_CREATE_FAILED = "PodCreateFailed"
 START_FAILURES = frozenset({IMAGE_PULL_FAILED, POD_START_FAILED, SECRET_NOT_FOUND, UNSCHEDULABLE,
-                            planning.TARGET_NOT_FOUND, planning.DESTINATION_NOT_FOUND})
+                            planning.TARGET_NOT_FOUND, planning.DESTINATION_NOT_FOUND,
+                            SERVICE_ACCOUNT_NOT_FOUND, POD_REJECTED, POD_CREATE_FAILED})
 
 # The kubelet's waiting reasons of a container that will not start by waiting longer.
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"})
@@ -46,6 +54,7 @@ CREATE_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"
 # The scheduler says `persistentvolumeclaim "x" not found`, the kubelet `persistentvolumeclaims "x" not found`.
 CLAIM_MISSING = re.compile(r'persistentvolumeclaims? "([^"]+)" (not found|is being deleted)')
 SECRET_MISSING = re.compile(r'secrets? "([^"]+)" not found')
+SERVICE_ACCOUNT_MISSING = re.compile(r'serviceaccounts? "([^"]+)" not found')
 
 
 @dataclass(frozen=True)
@@ -98,13 +107,17 @@ def _condition(pod: dict, ctype: str) -> dict:
     return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == ctype), {})
 
 
-def events_needed(pods: list[dict]) -> str | None:
-    """The uid of the pod whose events may tell why it does not start, or None when they cannot add anything.
+def events_needed(pods: list[dict], job: dict | None = None) -> str | None:
+    """The uid of the object whose events may tell why the runner does not start, or None when they
+    cannot add anything.
 
-    Mount failures are reported by the kubelet only as events, and only once the pod is on a node.
+    Mount failures are reported by the kubelet only as events, and only once the pod is on a node;
+    a pod the Job cannot create at all, only as the Job's FailedCreate events.
     """
     pod = newest(pods)
-    if pod is None or has_started(pod) or (pod.get("status") or {}).get("phase") != "Pending":
+    if pod is None:
+        return ((job or {}).get("metadata") or {}).get("uid")
+    if has_started(pod) or (pod.get("status") or {}).get("phase") != "Pending":
         return None
     if _condition(pod, "PodScheduled").get("status") != "True":
         return None
@@ -125,7 +138,7 @@ def start(pods: list[dict], events: list[dict], plan: dict, now: datetime,
     """Whether the runner of the Job's newest pod is running, still starting, or never will."""
     pod = newest(pods)
     if pod is None:
-        return PodStart("waiting", message="waiting for its pod to start")
+        return not_created(events, now, unschedulable_timeout)
     name = (pod.get("metadata") or {}).get("name", "")
     if has_started(pod):
         return PodStart("running", message=f"pod {name} is running")
@@ -178,6 +191,33 @@ def start(pods: list[dict], events: list[dict], plan: dict, now: datetime,
     if scheduled.get("status") == "False" and scheduled.get("reason"):
         return PodStart("waiting", message=f"pod {name} is {phase}: {scheduled['reason']}")
     return PodStart("waiting", message=f"pod {name} is {phase}")
+
+
+def _event_time(event: dict) -> str:
+    return event.get("firstTimestamp") or event.get("eventTime") or event.get("lastTimestamp") or ""
+
+
+def not_created(job_events: list[dict], now: datetime, timeout: float) -> PodStart:
+    """No pod yet: whether the Job's events say it cannot create one (the Job controller only retries)."""
+    failures = sorted((e for e in job_events if e.get("type") == "Warning" and e.get("reason") == "FailedCreate"),
+                      key=_event_time)
+    if not failures:
+        return PodStart("waiting", message="waiting for its pod to start")
+    text = failures[-1].get("message") or ""
+    account = SERVICE_ACCOUNT_MISSING.search(text)
+    if account:
+        return PodStart("failed", SERVICE_ACCOUNT_NOT_FOUND,
+                        f"its pod cannot be created: ServiceAccount {account.group(1)} does not exist ({text})")
+    if "forbidden" in text and "exceeded quota" not in text:
+        return PodStart("failed", POD_REJECTED, f"its pod is refused by admission: {text}")
+    # A quota may get room, a webhook may come back: wait, up to the same timeout as an unscheduled pod.
+    since = _parse_time(_event_time(failures[0])) or now
+    waited = (now - since).total_seconds()
+    if waited >= timeout:
+        return PodStart("failed", POD_CREATE_FAILED, f"its pod could not be created within {timeout:.0f}s: {text}")
+    return PodStart("waiting", message=f"its pod cannot be created yet: {text}; the restore fails if it cannot "
+                                       f"be created within {timeout:.0f}s",
+                    recheck_after=max(1.0, timeout - waited))
 
 
 # -- Trust: which pods may feed the record ----------------------------------------------

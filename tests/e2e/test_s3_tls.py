@@ -9,8 +9,9 @@ import json
 
 import pytest
 
-from backups import (ARTIFACT_PATH, backup_run, condition, make_artifact, restore, sample_tree, snapshot, succeeded,
-                     wait_phase)
+from backups import (ARTIFACT_PATH, backup_run, condition, events, jobs, make_artifact, restore, sample_tree, snapshot,
+                     succeeded, wait_phase)
+from cluster_helpers import wait_until
 from storage import s3_tls  # noqa: F401 - the HTTPS gateway's session fixture
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("real_node")]
@@ -73,6 +74,22 @@ def test_credentials_from_the_environment_run_the_pod_under_the_named_service_ac
     spec = pod_spec(cluster, namespace)
     assert spec["serviceAccountName"] == "restore-irsa" and spec["automountServiceAccountToken"] is False
     assert not any(v.get("projected") for v in spec["volumes"])  # no API token was mounted
+
+
+def test_a_service_account_that_does_not_exist_fails_the_restore_at_once(cluster, namespace, operator, s3_tls,
+                                                                        tmp_path):
+    """The Job cannot create its pod, and says so only in its events: the restore fails with the
+    reason instead of waiting for its deadline."""
+    tls_destination(cluster, namespace, s3_tls, {"credentialsFromEnvironment": {"serviceAccountName": "no-such-sa"}})
+    uploaded_run(cluster, namespace, s3_tls, tmp_path)
+    name = restore(cluster, namespace)
+
+    status = wait_phase(cluster, namespace, name, "Failed", timeout=60)
+    failed = condition(status, "Succeeded")
+    assert failed["reason"] == "ServiceAccountNotFound"
+    assert "ServiceAccount no-such-sa does not exist" in failed["message"]
+    assert "ServiceAccountNotFound" in [e["reason"] for e in events(cluster, namespace, name) if e["type"] == "Warning"]
+    wait_until(lambda: jobs(cluster, namespace) == [], timeout=30, what="the Job to be deleted")
 
 
 def test_the_api_server_holds_destinations_to_one_credential_source_and_https_for_a_ca_bundle(cluster, namespace):

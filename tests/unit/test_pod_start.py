@@ -229,6 +229,51 @@ def test_events_are_read_only_for_a_scheduled_pod_that_is_still_pending():
     assert pods.events_needed([pod(phase="Running", running=True)]) is None
 
 
+def test_a_job_without_pods_has_its_own_events_read():
+    assert pods.events_needed([], active_job()) == "job-uid"
+
+
+def job_event(message: str, first="2026-11-27T12:00:02Z") -> dict:
+    e = event(reason="FailedCreate", message=message, pod_name="r1-restore")
+    e["involvedObject"] = {"kind": "Job", "name": "r1-restore", "uid": "job-uid"}
+    return {**e, "firstTimestamp": first}
+
+
+SA_MISSING = ('Error creating: pods "r1-restore-x7k2p" is forbidden: error looking up service account '
+              'ns/restore-irsa: serviceaccount "restore-irsa" not found')
+POD_SECURITY = ('Error creating: pods "r1-restore-x7k2p" is forbidden: violates PodSecurity "restricted:latest": '
+                'seccompProfile (pod or container "runner" must set securityContext.seccompProfile.type)')
+QUOTA = ('Error creating: pods "r1-restore-x7k2p" is forbidden: exceeded quota: pods, requested: pods=1, '
+         'used: pods=10, limited: pods=10')
+
+
+@pytest.mark.parametrize("message, reason, says", [
+    (SA_MISSING, "ServiceAccountNotFound", "ServiceAccount restore-irsa does not exist"),
+    (POD_SECURITY, "PodRejected", "its pod is refused by admission"),
+])
+def test_a_pod_the_job_cannot_create_fails_the_restore_at_once(message, reason, says):
+    d = observe(queued(), [], [job_event(message)])
+    assert d.status["phase"] == "Failed" and d.delete_job
+    assert cond(d.status, "Succeeded")["reason"] == reason
+    assert says in cond(d.status, "Succeeded")["message"] and message in cond(d.status, "Succeeded")["message"]
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", reason)]
+
+
+def test_a_pod_that_cannot_be_created_for_now_waits_until_the_timeout_then_fails():
+    r = queued()
+    waiting = observe(r, [], [job_event(QUOTA)], at=T0 + timedelta(seconds=10), unschedulable_timeout=60)
+    assert waiting.status["phase"] == "Queued" and not waiting.delete_job
+    assert "exceeded quota" in cond(waiting.status, "Ready")["message"]
+    assert waiting.requeue_after <= 52
+    failed = observe(r, [], [job_event(QUOTA)], at=T0 + timedelta(seconds=63), unschedulable_timeout=60)
+    assert failed.status["phase"] == "Failed" and cond(failed.status, "Succeeded")["reason"] == "PodCreateFailed"
+
+
+def test_a_job_without_pods_or_failures_waits():
+    d = observe(queued(), [], [event(reason="SuccessfulCreate", type_="Normal", pod_name="r1-restore")])
+    assert d.status["phase"] == "Queued" and not d.delete_job
+
+
 def test_the_newest_pod_decides_and_its_report_is_the_termination_message():
     old = pod(name="old", waiting="ImagePullBackOff", since="2026-11-27T11:00:00Z")
     new = pod(name="new", phase="Running", running=True, since="2026-11-27T12:00:00Z")
