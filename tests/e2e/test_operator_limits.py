@@ -188,6 +188,52 @@ def test_the_policy_binds_only_the_operator(cluster, namespace, enforced):
     assert admitted.returncode == 0, admitted.stderr
 
 
+# --- Leases and Jobs of others -----------------------------------------------------------------
+
+def lease(namespace: str, name: str, managed: bool = True) -> dict:
+    labels = {"app.kubernetes.io/managed-by": "daoflow-operator"} if managed else {}
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"holderIdentity": "shape/0"}}
+
+
+def test_the_operator_writes_only_its_own_leases(cluster, namespace, operator_kubeconfig, enforced):
+    # Its RBAC allows Leases in every namespace; a node's heartbeat or a leader election is not its own.
+    refused = dry_run_create(cluster, operator_kubeconfig, lease("kube-system", "kube-scheduler"))
+    assert refused.returncode != 0
+    assert ("the operator may write or delete only its own Leases (daoflow-target-*, managed by daoflow-operator), "
+            "not kube-system/kube-scheduler") in refused.stderr
+    unlabelled = dry_run_create(cluster, operator_kubeconfig, lease(namespace, "daoflow-target-0123", managed=False))
+    assert "only its own Leases" in unlabelled.stderr
+    admitted = dry_run_create(cluster, operator_kubeconfig, lease(namespace, "daoflow-target-0123"))
+    assert admitted.returncode == 0, admitted.stderr
+    cluster.apply(lease(namespace, "kube-controller-manager", managed=False))
+    deleted = cluster.kubectl("delete", "lease", "kube-controller-manager", "-n", namespace, "--dry-run=server",
+                              kubeconfig=operator_kubeconfig, check=False)
+    assert deleted.returncode != 0 and "only its own Leases" in deleted.stderr
+
+
+def test_the_operator_deletes_only_its_own_jobs(cluster, namespace, operator_kubeconfig, enforced):
+    foreign = operator_job(namespace, "docker.io/library/busybox:1.37")
+    del foreign["metadata"]["ownerReferences"]
+    foreign["metadata"].update(name="nightly-report", labels={"app": "report"})
+    foreign["spec"]["suspend"] = True  # never runs: only its deletion is tested
+    foreign["spec"]["template"]["metadata"]["labels"] = {"app": "report"}
+    cluster.apply(foreign)
+    refused = cluster.kubectl("delete", "job", "nightly-report", "-n", namespace, "--dry-run=server",
+                              kubeconfig=operator_kubeconfig, check=False)
+    assert refused.returncode != 0
+    assert ("the operator may delete only its own restore Jobs (managed by daoflow-operator), "
+            f"not {namespace}/nightly-report") in refused.stderr
+    own = operator_job(namespace, cluster.runner_image)
+    own["spec"]["suspend"] = True
+    del own["metadata"]["ownerReferences"]  # no such restore: the garbage collector would take it first
+    cluster.apply(own)
+    deleted = cluster.kubectl("delete", "job", own["metadata"]["name"], "-n", namespace, "--dry-run=server",
+                              kubeconfig=operator_kubeconfig, check=False)
+    assert deleted.returncode == 0, deleted.stderr
+
+
 # --- the chart's RBAC when watchNamespaces is set -------------------------------------------------
 
 @pytest.fixture

@@ -73,20 +73,21 @@ def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_only_what_has_n
     assert env["DAOFLOW_WATCH_NAMESPACES"] == "shop,billing"
 
 
-def test_the_job_shape_policy_is_the_shipped_one_in_the_default_install(helm):
-    docs = render(helm)
-    for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
-        rendered = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == "daoflow-operator-job-shape"]
-        assert rendered == [d for d in manifest("operator-limits.yaml") if d["kind"] == kind]
+def test_the_operators_limits_are_the_shipped_ones_in_the_default_install(helm):
+    shipped = {(d["kind"], d["metadata"]["name"]): d for d in manifest("operator-limits.yaml")}
+    assert set(shipped) == {(kind, name) for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+                            for name in ("daoflow-operator-job-shape", "daoflow-operator-own-objects")}
+    rendered = {(d["kind"], d["metadata"]["name"]): d for d in render(helm)}
+    assert {key: rendered.get(key) for key in shipped} == shipped
 
 
 def test_the_job_shape_policy_follows_the_release_namespace_and_the_image(helm):
     docs = render(helm, "image.tag=1.2.3", "watchNamespaces={shop}", namespace="backup-ops")
-    policy = next(d for d in docs if d["metadata"]["name"] == "daoflow-operator-job-shape"
-                  and d["kind"] == "ValidatingAdmissionPolicy")
-    assert policy["spec"]["matchConditions"] == [{
-        "name": "created-by-the-operator",
-        "expression": "request.userInfo.username == 'system:serviceaccount:backup-ops:daoflow-operator'"}]
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"}
+    for name in ("daoflow-operator-job-shape", "daoflow-operator-own-objects"):
+        assert [c["expression"] for c in policies[name]["spec"]["matchConditions"]] == [
+            "request.userInfo.username == 'system:serviceaccount:backup-ops:daoflow-operator'"]
+    policy = policies["daoflow-operator-job-shape"]
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
     assert variables["runnerImage"] == "'ghcr.io/daoflow-dev/daoflow-operator:1.2.3'"
     deployment = one(docs, "Deployment", "backup-ops")["spec"]["template"]["spec"]
