@@ -31,6 +31,8 @@ from daoflow_operator import dev  # noqa: E402
 from daoflow_operator.api import models  # noqa: E402
 
 NAMESPACE = "daoflow-bench"
+# The simulated node never pulls it; the Job-shape policy admits only this image (docs/security.md).
+RUNNER_IMAGE = "daoflow-operator:bench"
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -116,7 +118,7 @@ def main() -> int:
         print(f"local control plane ready in {time.monotonic() - started:.1f}s")
     operator = None
     try:
-        dev.install(kubeconfig, samples=False)
+        dev.install(kubeconfig, samples=False, runner_image=RUNNER_IMAGE)
         run = lambda *a, **kw: dev.kubectl(kubeconfig, *a, **kw)  # noqa: E731
         subprocess.run([dev.kubectl_path(), f"--kubeconfig={kubeconfig}", "create", "namespace", NAMESPACE],
                        capture_output=True)
@@ -126,7 +128,7 @@ def main() -> int:
             '{"path": "a/b.tar.zst", "format": "tar+zstd", "sizeBytes": 1, "sha256": "' + "a" * 64 + '"}}}')
         sa = dev.serviceaccount_kubeconfig(kubeconfig, Path(tempfile.mkdtemp()) / "operator.kubeconfig", "2h")
         env = {**os.environ, "KUBECONFIG": str(sa), "DAOFLOW_WATCH_NAMESPACES": NAMESPACE,
-               "DAOFLOW_RUNNER_IMAGE": "daoflow-operator:bench"}
+               "DAOFLOW_RUNNER_IMAGE": RUNNER_IMAGE}
         log = open(Path(tempfile.gettempdir()) / "daoflow-bench-operator.log", "wb")
         operator = subprocess.Popen([sys.executable, "-m", "daoflow_operator"], env=env, stdout=log,
                                     stderr=subprocess.STDOUT)

@@ -1,8 +1,9 @@
 """`make run`: the operator on the local control plane, or on the cluster of KUBECONFIG.
 
 With no KUBECONFIG, the local control plane and its real node are started (and built,
-the first time). Then the CRDs, the operator's RBAC, the scope ClusterRoles and the demo
-objects are applied, and the operator runs in the foreground as its own ServiceAccount,
+the first time). Then the CRDs, the operator's RBAC, the scope ClusterRoles, the policy that
+holds the operator's Jobs to their shape (for the image it runs) and the demo objects are
+applied, and the operator runs in the foreground as its own ServiceAccount,
 with exactly the RBAC that ships in manifests/.
 
 On the local control plane the demo is real: its volumes live in the cluster's folder, the
@@ -18,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,16 +116,37 @@ def demo_volumes(volume_root: Path) -> tuple[str, dict]:
     return yaml.safe_dump_all(docs), status
 
 
-def install(kubeconfig: str, samples: bool = True, volume_root: Path | None = None) -> None:
-    """CRDs, RBAC, scopes and (optionally) the demo objects, ready to use.
+OPERATOR_LIMITS = REPO / "manifests" / "operator-limits.yaml"
 
-    With `volume_root` (the local control plane), the demo's volumes live there and the
-    BackupRun records a real artifact; else the samples are applied as they are."""
+
+def operator_limits(runner_image: str) -> str:
+    """manifests/operator-limits.yaml with `runner_image` as the one image the operator's Jobs may run
+    (what the chart does from its values). Pure."""
+    # A reference has no quote or backslash, so it is a CEL string literal as it is.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", runner_image):
+        raise ValueError(f"not an image reference: {runner_image!r}")
+    docs = [d for d in yaml.safe_load_all(OPERATOR_LIMITS.read_text()) if d]
+    policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
+    next(v for v in policy["spec"]["variables"] if v["name"] == "runnerImage")["expression"] = f"'{runner_image}'"
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def install(kubeconfig: str, samples: bool = True, volume_root: Path | None = None,
+            runner_image: str | None = None) -> None:
+    """CRDs, RBAC, scopes, the limits of the operator's Jobs and (optionally) the demo objects, ready to use.
+
+    `runner_image` is the image the operator will run its Jobs with (DAOFLOW_RUNNER_IMAGE, else the
+    default of Config). With `volume_root` (the local control plane), the demo's volumes live there
+    and the BackupRun records a real artifact; else the samples are applied as they are."""
+    from .config import Config
+
     kubectl(kubeconfig, "apply", "-f", str(REPO / "crds"))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
             *(f"crd/{p}.backup.daoflow.dev" for p in ("backupruns", "backupdestinations", "backuprestores")))
     kubectl(kubeconfig, "apply", "-f", str(REPO / "manifests" / "rbac.yaml"), "-f", str(REPO / "manifests" / "scopes.yaml"),
             "-f", str(REPO / "manifests" / "pod-trust.yaml"))
+    image = runner_image or os.environ.get("DAOFLOW_RUNNER_IMAGE") or Config().runner_image
+    kubectl(kubeconfig, "apply", "-f", "-", input=operator_limits(image))
     if samples:
         if volume_root is None:
             kubectl(kubeconfig, "apply", "-f", str(SAMPLES))
@@ -181,7 +204,7 @@ def run() -> int:
         else:
             print(f"NOTE: no real node ({cluster_state.get('nodeUnavailable')}). Restores are SIMULATED: "
                   "KWOK's node completes their Jobs without running the runner, and nothing is restored.")
-    install(kubeconfig, volume_root=volume_root)
+    install(kubeconfig, volume_root=volume_root, runner_image=env.get("DAOFLOW_RUNNER_IMAGE"))
     state = Path(os.environ.get("DAOFLOW_CACHE_DIR") or Path.home() / ".cache" / "daoflow-operator")
     state.mkdir(parents=True, exist_ok=True)
     sa_config = serviceaccount_kubeconfig(kubeconfig, state / "operator.kubeconfig")

@@ -19,8 +19,9 @@ from daoflow_operator.localcluster.cluster import SIMULATED_NODE_SELECTOR, SIMUL
 
 @pytest.fixture(scope="session")
 def installed(cluster):
-    """CRDs, the operator's RBAC and the scope policy, exactly as shipped in crds/ and manifests/."""
-    dev.install(str(cluster.kubeconfig), samples=False)
+    """CRDs, the operator's RBAC, the scope policy and the limits of its Jobs, exactly as shipped in crds/
+    and manifests/; its Jobs may run the image the tests' operators run."""
+    dev.install(str(cluster.kubeconfig), samples=False, runner_image=cluster.runner_image)
     wait_for_admission_policies(cluster)
     return cluster
 
@@ -98,11 +99,11 @@ def start_operator(cluster, operator_kubeconfig, namespace, tmp_path, request):
     runs); otherwise they run the image built from the Dockerfile, on the real node."""
     started: list[OperatorProcess] = []
 
-    def start(simulated: bool = False, **env_extra) -> OperatorProcess:
+    def start(simulated: bool = False, kubeconfig: Path | None = None, **env_extra) -> OperatorProcess:
         env = {k: v if isinstance(v, str) else json.dumps(v) for k, v in env_extra.items()}
         if simulated and cluster.real_node:
             env = {**SIMULATED, **env}
-        op = OperatorProcess(namespace, operator_kubeconfig, tmp_path / f"operator-{len(started)}.log", env,
+        op = OperatorProcess(namespace, kubeconfig or operator_kubeconfig, tmp_path / f"operator-{len(started)}.log", env,
                              runner_image=cluster.runner_image)
         started.append(op.start())
         return op
@@ -113,6 +114,16 @@ def start_operator(cluster, operator_kubeconfig, namespace, tmp_path, request):
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         for op in started:
             print(f"--- operator log {op.log} ---\n{op.output()[-6000:]}")
+
+
+@pytest.fixture
+def allow_runner_image(cluster, operator_kubeconfig, namespace):
+    """The operator's Jobs may run one image (manifests/operator-limits.yaml): lets a test's operator
+    run another one, and puts the session's image back afterwards."""
+    from job_shapes import set_runner_image
+
+    yield lambda image: set_runner_image(cluster, operator_kubeconfig, namespace, image)
+    set_runner_image(cluster, operator_kubeconfig, namespace, cluster.runner_image)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -58,13 +58,15 @@ def test_a_crash_between_job_creation_and_status_write_adopts_the_job(cluster, n
     backup_run(cluster, namespace)
     name = restore(cluster, namespace)
     client = cluster.api_client(operator_kubeconfig)
+    # The image the operator's Jobs may run (manifests/operator-limits.yaml).
+    config = Config(runner_image=cluster.runner_image)
     with pytest.raises(SystemExit):
-        handlers.reconcile(CrashAfterJobCreate(client), Config(), namespace, name)
+        handlers.reconcile(CrashAfterJobCreate(client), config, namespace, name)
     assert [j["metadata"]["name"] for j in jobs(cluster, namespace)] == [f"{name}-restore"]
     assert not (cluster.get("backuprestore", name, namespace).get("status") or {}).get("jobRef")
 
     # The restarted operator plans again, meets AlreadyExists and adopts the Job.
-    decision = handlers.reconcile(Kube(client), Config(), namespace, name)
+    decision = handlers.reconcile(Kube(client), config, namespace, name)
     assert decision.create_job
     status = cluster.get("backuprestore", name, namespace)["status"]
     assert status["jobRef"] == {"name": f"{name}-restore"} and status["phase"] in ("Queued", "Running")

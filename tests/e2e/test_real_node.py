@@ -244,8 +244,10 @@ def test_the_host_is_left_as_it_was(cluster):
     assert differences(cluster.local.host_state_before, now) == []
 
 
-def test_an_image_that_cannot_be_pulled_fails_fast_with_its_reason(cluster, namespace, start_operator):
+def test_an_image_that_cannot_be_pulled_fails_fast_with_its_reason(cluster, namespace, start_operator,
+                                                                    allow_runner_image):
     # No registry is reachable here, so a missing image can never be pulled.
+    allow_runner_image("localhost/daoflow-operator:does-not-exist")
     start_operator(DAOFLOW_RUNNER_IMAGE="localhost/daoflow-operator:does-not-exist")
     destination(cluster, namespace)
     backup_run(cluster, namespace)

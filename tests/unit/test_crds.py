@@ -37,17 +37,3 @@ def test_the_restore_crd_carries_the_immutability_rule_and_the_columns():
     assert {"Phase", "BackupRun", "Dry-Run", "Age", "Message"} <= set(columns)
     assert columns["Message"]["priority"] == 1
 
-
-def _without_templates(text: str) -> list:
-    import re
-    text = re.sub(r"(?m)^\s*{{-?\s*(if|end)\b[^}]*}}\s*$\n?", "", text)  # control lines
-    return [d for d in yaml.safe_load_all(re.sub(r"{{[^}]*}}", "X", text)) if d]
-
-
-def test_the_helm_chart_grants_exactly_the_shipped_rbac():
-    shipped = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "manifests/rbac.yaml").read_text())}
-    chart = {d["kind"]: d for d in _without_templates((ROOT / "helm/daoflow-operator/templates/rbac.yaml").read_text())}
-    assert chart["ClusterRole"]["rules"] == shipped["ClusterRole"]["rules"]
-    assert chart["ClusterRoleBinding"]["roleRef"] == shipped["ClusterRoleBinding"]["roleRef"]
-    scopes = _without_templates((ROOT / "helm/daoflow-operator/templates/scopes.yaml").read_text())
-    assert scopes == list(yaml.safe_load_all((ROOT / "manifests/scopes.yaml").read_text()))

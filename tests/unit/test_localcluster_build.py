@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from daoflow_operator.localcluster import build, versions
 
 KUBERNETES_GOMOD = """\
@@ -55,6 +57,19 @@ def test_the_cache_folder_changes_with_any_pinned_version(monkeypatch):
     before = build.bin_dir()
     monkeypatch.setattr(versions, "ETCD", "v3.6.99")
     assert build.bin_dir() != before
+
+
+def test_pinning_a_tool_never_moves_the_control_planes_cache(monkeypatch):
+    monkeypatch.setenv("DAOFLOW_CACHE_DIR", "/tmp/x")
+    before = build.bin_dir()
+    monkeypatch.setattr(versions, "HELM", "v3.99.0")
+    monkeypatch.setitem(versions.TOOLS, "helm", {**versions.TOOLS["helm"], "version": "v3.99.0"})
+    assert build.bin_dir() == before
+    assert build.tool_path("helm") == Path("/tmp/x/helm-v3.99.0/bin/helm")
+
+
+def test_helm_is_stamped_with_its_version():
+    assert f"-X helm.sh/helm/v3/internal/version.version={versions.HELM}" in build.ldflags("helm", versions.HELM)
 
 
 def test_binary_names_follow_go_build():

@@ -112,6 +112,9 @@ def ldflags(group: str, version: str) -> str:
         flags.append(f"-X sigs.k8s.io/kwok/pkg/consts.Version={version}")
     elif group == "containerd":
         flags.append(f"-X github.com/containerd/containerd/v2/version.Version={version}")
+    elif group == "helm":
+        # `helm version` and the chart's kubeVersion checks read it; unset, it says v3.x-dev.
+        flags.append(f"-X helm.sh/helm/v3/internal/version.version={version}")
     return " ".join(flags)
 
 
@@ -192,6 +195,11 @@ def ensure_tool(name: str, log=print) -> Path:
     if not os.access(path, os.X_OK):
         build_module(name, versions.TOOLS[name], path.parent, log=log)
     return path
+
+
+def helm_path(log=print) -> Path:
+    """The pinned helm binary (built once into its own cache folder): renders and lints the chart."""
+    return ensure_tool("helm", log=log)
 
 
 def main() -> int:

@@ -14,6 +14,9 @@ CONTAINERD = "v2.3.7"
 # The S3-compatible server of the runner's tests: Versity's S3 gateway, a production server
 # with a POSIX backend. Kept in a cache folder of its own, so changing it rebuilds only it.
 VERSITYGW = "v1.8.0"
+# The chart's renderer and linter, for the tests that render helm/daoflow-operator. A tool too:
+# its own cache folder, so pinning it never rebuilds the control plane.
+HELM = "v3.22.0"
 
 # Each group is one wrapper module: a go.mod that requires the upstream module
 # and is built with a single `go build` so that packages are compiled once.
@@ -59,6 +62,11 @@ TOOLS = {
         "module": "github.com/versity/versitygw",
         "version": VERSITYGW,
         "packages": {"versitygw": "github.com/versity/versitygw/cmd/versitygw"},
+    },
+    "helm": {
+        "module": "helm.sh/helm/v3",
+        "version": HELM,
+        "packages": {"helm": "helm.sh/helm/v3/cmd/helm"},
     },
 }
 
