@@ -16,7 +16,8 @@ OWNER_UID = "7d0f5a2e-3c1b-4e8a-9f6d-2b4c8e1a0f37"
 
 def operator_job(namespace: str, image: str, destination: str = "volume", target: str = "volume",
                  **config) -> dict:
-    """The Job of a restore from a `volume` or `s3` destination into a `volume` or `postgres` target."""
+    """The Job of a restore from a `volume` or `s3` destination (`s3-ca-secret`, `s3-irsa-ca-configmap`:
+    with a CA bundle, and credentials from the environment) into a `volume` or `postgres` target."""
     restore = {"metadata": {"name": "shape", "namespace": namespace, "uid": OWNER_UID},
                "spec": {"backupRunRef": {"name": "nightly"}}}
     if target == "postgres":
@@ -28,9 +29,17 @@ def operator_job(namespace: str, image: str, destination: str = "volume", target
         fmt = "tar+zstd"
     plan = {"planHash": "0" * 64, "target": plan_target,
             "artifact": {"path": "app/2026-11-27", "format": fmt, "sizeBytes": 4096, "sha256": "0" * 64}}
-    if destination == "s3":
+    if destination.startswith("s3"):
         dest = {"spec": {"s3": {"endpoint": "https://s3.example.com", "bucket": "backups",
                                 "credentialsSecretRef": {"name": "s3-creds"}}}}
+        s3 = dest["spec"]["s3"]
+        if destination == "s3-irsa-ca-configmap":
+            # Credentials from the environment under a ServiceAccount, and a CA bundle from a ConfigMap.
+            del s3["credentialsSecretRef"]
+            s3["credentialsFromEnvironment"] = {"serviceAccountName": "restore-irsa"}
+            s3["caBundle"] = {"configMapKeyRef": {"name": "corp-ca", "key": "ca-bundle.pem"}}
+        elif destination == "s3-ca-secret":
+            s3["caBundle"] = {"secretKeyRef": {"name": "corp-ca", "key": "ca.crt"}}
     else:
         dest = {"spec": {"persistentVolumeClaim": {"claimName": "backups", "subPath": "nightly"}}}
     return jobs.build_job(restore, plan, dest, Config(runner_image=image, **config))

@@ -67,7 +67,9 @@ def test_a_job_of_another_image_is_refused(cluster, namespace, operator_kubeconf
 
 
 @pytest.mark.parametrize("destination_kind,target_kind", [("volume", "volume"), ("s3", "volume"),
-                                                          ("volume", "postgres"), ("s3", "postgres")])
+                                                          ("volume", "postgres"), ("s3", "postgres"),
+                                                          ("s3-ca-secret", "volume"),
+                                                          ("s3-irsa-ca-configmap", "postgres")])
 def test_every_job_the_operator_builds_is_admitted(cluster, namespace, operator_kubeconfig, enforced,
                                                     destination_kind, target_kind):
     # With every option of the operator's config that reaches the pod spec.
