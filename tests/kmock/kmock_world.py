@@ -5,7 +5,7 @@ from __future__ import annotations
 import kmock as kmock_lib
 import kubernetes
 
-from daoflow_operator import access, handlers
+from daoflow_operator import access, handlers, status as status_
 from daoflow_operator.config import Config
 from daoflow_operator.kube import Kube
 
@@ -91,7 +91,7 @@ def restore(name: str = "r1") -> dict:
     return {
         "apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupRestore",
         "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1, "resourceVersion": "5",
-                     "creationTimestamp": "2026-11-27T11:00:00Z",
+                     "creationTimestamp": "2026-11-27T11:00:00Z", "finalizers": [status_.FINALIZER],
                      "annotations": {access.REQUESTED_BY: "alice", access.REQUESTED_BY_GROUPS: '["system:authenticated"]'}},
         "spec": {"backupRunRef": {"name": "nightly"}},
     }
