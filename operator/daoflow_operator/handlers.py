@@ -79,7 +79,9 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     current = restore.get("status") or {}
     observed = status_.Observation()
     destination = None
-    if not current.get("jobRef"):
+    if deleting and not current.get("jobRef"):
+        pass  # deleted before its Job was created: released, whatever the world holds
+    elif not current.get("jobRef"):
         spec = models.BackupRestoreSpec.model_validate(restore.get("spec") or {})
         observed.run = kube.get_run(namespace, spec.backup_run_ref.name)
         dest_name = ((observed.run or {}).get("spec") or {}).get("destinationRef", {}).get("name")

@@ -66,9 +66,12 @@ def test_deleting_a_running_replace_restore_rolls_it_back_and_keeps_the_record_u
         backup_run(cluster, namespace, destination_name="slow-s3", status=status)
         name = restore(cluster, namespace, existingData="Replace")
 
-        # The runner is writing into the target (its staging folder) when the restore is deleted.
-        wait_until(lambda: (target / ".daoflow-restore").exists(), timeout=120, interval=0.1,
-                   what="the runner to start writing into the target")
+        # The runner is writing into the target (a MiB staged already) when the restore is deleted.
+        def staged() -> int:
+            return sum(p.stat().st_size for p in (target / ".daoflow-restore").rglob("*") if p.is_file())
+
+        wait_until(lambda: (target / ".daoflow-restore").exists() and staged() > 1 << 20, timeout=120,
+                   interval=0.1, what="the runner to write into the target")
         obj = cluster.get("backuprestore", name, namespace)
         assert status_.FINALIZER in obj["metadata"]["finalizers"]
         assert obj["status"]["phase"] == "Running"
