@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from backups import (ARTIFACT_PATH, RUNNER_UID, backup_run, condition, events, jobs, make_artifact, restore,
-                     sample_tree, snapshot, succeeded, volume)
+from backups import (ARTIFACT_PATH, application_data, backup_run, condition, events, jobs, make_artifact, restore,
+                     sample_tree, snapshot, succeeded)
 from cluster_helpers import ThrottledRelay, wait_until
 from daoflow_operator import status as status_
 
@@ -47,13 +47,7 @@ def test_deleting_a_running_replace_restore_rolls_it_back_and_keeps_the_record_u
                        "spec": {"s3": {"endpoint": f"http://{cluster.forward(relay.port)}", "allowInsecureHTTP": True,
                                        "bucket": s3.bucket, "prefix": f"{namespace}/", "forcePathStyle": True,
                                        "credentialsSecretRef": {"name": "s3-creds"}}}})
-        volume(cluster, namespace, "app-data")
-        target = cluster.volume_dir(f"{namespace}-app-data")
-        (target / "old").mkdir()
-        (target / "old" / "data.bin").write_bytes(os.urandom(50_000))
-        (target / "old-config.yaml").write_text("replicas: 1\n")
-        for path in (target / "old", target / "old" / "data.bin", target / "old-config.yaml"):
-            os.chown(path, RUNNER_UID, RUNNER_UID)
+        target = application_data(cluster, namespace)
         before = snapshot(target)
         tree = sample_tree(tmp_path / "tree")
         with open(tree / "large.bin", "wb") as f:  # incompressible: the artifact stays 16 MiB
