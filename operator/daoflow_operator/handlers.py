@@ -404,12 +404,15 @@ def restores_being_deleted(namespace, name, uid, meta, **_):
 
 @kopf.on.event(models.GROUP, models.VERSION, "backuprestores")
 async def restore_event(event, namespace, name, status, restores_by_target: kopf.Index, memo: kopf.Memo,
-                        **_) -> None:
+                        meta=None, **_) -> None:
     if event.get("type") == "DELETED" or status_.is_final(status):
         # A restore that ended, or was deleted, frees its target: wake the restores queued behind it.
         target_key = targets.key(((status or {}).get("plan") or {}).get("target"))
         for waiting in restores_by_target.get((namespace, target_key), []) if target_key else []:
             memo.operator.queue.add((namespace, waiting))
+        if event.get("type") != "DELETED" and status_.FINALIZER in ((meta or {}).get("finalizers") or []):
+            # Ended, but its finalizer was not removed yet (a restart in between): let go of it.
+            memo.operator.queue.add((namespace, name))
         return
     memo.operator.queue.add((namespace, name))
 

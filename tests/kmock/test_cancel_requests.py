@@ -222,3 +222,17 @@ async def test_a_pod_event_keeps_the_report_of_a_restore_being_deleted_and_wakes
     await handlers.pod_event(namespace="ns", labels={jobs.LABEL_RESTORE_UID: "uid-r2"}, body=body,
                              restores_being_deleted=being_deleted, memo=memo)
     assert list(operator.reports) == [("ns", "r1")] and woken == [("ns", "r1")]
+
+
+async def test_a_final_restore_that_still_holds_the_finalizer_is_looked_at_again(k8s):
+    operator = operator_for(k8s)
+    woken = []
+    operator.queue.add = lambda key, delay=0.0: woken.append(key)
+    memo = SimpleNamespace(operator=operator)
+    final = {"phase": "Failed", "completionTime": "2026-11-27T12:06:00Z"}
+
+    await handlers.restore_event(event={"type": "MODIFIED"}, namespace="ns", name="r1", status=final,
+                                 restores_by_target={}, memo=memo, meta={"finalizers": [status_.FINALIZER]})
+    await handlers.restore_event(event={"type": "MODIFIED"}, namespace="ns", name="r2", status=final,
+                                 restores_by_target={}, memo=memo, meta={"finalizers": []})
+    assert woken == [("ns", "r1")]  # a final restore without it costs nothing
