@@ -80,7 +80,13 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     observed = status_.Observation()
     destination = None
     if deleting and not current.get("jobRef"):
-        pass  # deleted before its Job was created: released, whatever the world holds
+        # Deleted before its Job was recorded: released, whatever else the world holds. Only a pass
+        # that died between creating the Job and recording it may have left one: then it is cancelled.
+        if not (restore.get("spec") or {}).get("dryRun"):
+            job = kube.get_job(namespace, jobs.job_name(name))
+            if job is not None and _owned(job, restore):
+                observed.job, observed.pods = job, kube.job_pods(namespace, job)
+                observed.report = pods.termination_message(observed.pods)
     elif not current.get("jobRef"):
         spec = models.BackupRestoreSpec.model_validate(restore.get("spec") or {})
         observed.run = kube.get_run(namespace, spec.backup_run_ref.name)
@@ -352,6 +358,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     settings.watching.client_timeout = 330
     # Only the operator's own Jobs are streamed, filtered by the API server.
     settings.watching.label_selectors["batch", "jobs"] = f"app.kubernetes.io/managed-by={jobs.MANAGED_BY}"
+    # And only their pods (for the report of a cancelled restore, see pod_event).
     settings.watching.label_selectors["pods"] = f"app.kubernetes.io/managed-by={jobs.MANAGED_BY}"
     # The CRDs are installed before the operator starts, so it need not watch CRDs or
     # namespaces appear: least privilege, no RBAC for either.

@@ -287,7 +287,7 @@ class Kube:
         return [self.client.sanitize_for_serialization(e) for e in events.items]
 
     def delete_job(self, namespace: str, name: str, uid: str, propagation: str = "Background") -> bool:
-        """Deletes the Job and, in the background, its pods. Idempotent: a Job already gone is fine.
+        """Deletes the Job and its pods (`propagation`). Idempotent: a Job already gone is fine.
 
         The uid precondition makes sure only the Job that was observed is deleted, never a namesake.
         A cancel deletes it in the foreground: the Job stays, marked for deletion, until its pod has

@@ -321,6 +321,9 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
     by = f" requested by {status['requestedBy']}" if status.get("requestedBy") else ""
     cancel = deleting(restore)
 
+    if cancel and not status.get("jobRef") and observed.job is not None:
+        # Its Job was created by a pass that died before recording it: followed (and cancelled) below.
+        status["jobRef"] = {"name": observed.job["metadata"]["name"]}
     if cancel and not status.get("jobRef"):
         # Deleted before its Job was created: released, final; no Job is ever created for it.
         message = "the BackupRestore was deleted before its Job was created; nothing was written to the target"

@@ -196,7 +196,7 @@ async def test_a_waiting_restore_that_is_deleted_is_released_without_a_job(k8s, 
 
     seen = requests(k8s)
     assert ("POST", "/apis/batch/v1/namespaces/ns/jobs") not in seen and TAKE_LEASE not in seen
-    assert seen == [RESTORE, PATCH, EVENT, LEASE, FINALIZE]
+    assert seen == [RESTORE, JOB, PATCH, EVENT, LEASE, FINALIZE]  # no Job left by a pass that died (404)
     status = written_status(k8s)
     assert status["phase"] == "Failed" and "before its Job was created" in status["conditions"][-1]["message"]
     assert gone(k8s)
@@ -236,3 +236,18 @@ async def test_a_final_restore_that_still_holds_the_finalizer_is_looked_at_again
     await handlers.restore_event(event={"type": "MODIFIED"}, namespace="ns", name="r2", status=final,
                                  restores_by_target={}, memo=memo, meta={"finalizers": []})
     assert woken == [("ns", "r1")]  # a final restore without it costs nothing
+
+
+async def test_a_restore_deleted_after_a_crash_between_its_job_and_its_record_cancels_that_job(k8s, records):
+    deleted_restore(k8s, {"phase": "Pending", "plan": {"target": {
+        "type": "volume", "persistentVolumeClaim": {"claimName": "data"}}}})
+    k8s.objects[JOBS, "ns", "r1-restore"] = running_job()
+    operator = operator_for(k8s)
+
+    assert await operator.process(("ns", "r1")) == operator.config.pod_start_poll_seconds
+
+    assert requests(k8s) == [RESTORE, JOB, LIST_PODS, PATCH, EVENT, DELETE_JOB]
+    assert list(k8s)[-1].data["propagationPolicy"] == "Foreground"
+    status = written_status(k8s)
+    assert status["jobRef"] == {"name": "r1-restore"} and not status.get("completionTime")
+    assert finalizers(k8s) == [status_.FINALIZER] and records == []

@@ -152,3 +152,10 @@ def test_the_pod_has_a_grace_period_for_the_rollback_and_it_is_configurable(monk
     monkeypatch.setenv("DAOFLOW_RUNNER_TERMINATION_GRACE_SECONDS", "600")
     job = jobs.build_job(r, r["status"]["plan"], s3_destination(), Config.from_env())
     assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 600
+
+
+def test_a_deleted_restore_whose_job_was_left_unrecorded_follows_and_cancels_that_job():
+    r = deleted(restore())
+    d = decide(r, Observation(job=running_job(), pods=[pod(phase="Running", running=True)]), T0)
+    assert d.status["jobRef"] == {"name": "r1-restore"} and d.cancel_job and not d.create_job
+    assert not status.is_final(d.status)
