@@ -443,6 +443,9 @@ async def pod_event(namespace, labels, body, restores_being_deleted: kopf.Index,
     since the pod is removed right after it ended."""
     uid = labels.get(jobs.LABEL_RESTORE_UID)
     for name in restores_being_deleted.get((namespace, uid), []):
-        if (report := pods.termination_message([dict(body)])) is not None:
+        report = pods.termination_message([dict(body)])
+        if report is not None and memo.operator.reports.get((namespace, name)) != (uid, report):
             memo.operator.reports[(namespace, name)] = (uid, report)
+            log.info("%s/%s: the runner's report kept from the event of pod %s", namespace, name,
+                     (body.get("metadata") or {}).get("name"))
         memo.operator.queue.add((namespace, name))

@@ -316,7 +316,8 @@ class Kube:
             models.GROUP, models.VERSION, meta["namespace"], "backuprestores", meta["name"], body,
             _content_type="application/merge-patch+json"),
             f"{'add' if present else 'remove'} finalizer of backuprestore {meta['namespace']}/{meta['name']}")
-        log.info("%s/%s: finalizer %s %s", meta["namespace"], meta["name"], finalizer, "added" if present else "removed")
+        log.info("%s/%s: finalizer %s %s", meta["namespace"], meta["name"], finalizer,
+                 "added" if present else "removed")
         return written
 
     def patch_status(self, namespace: str, name: str, patch: dict, resource_version: str) -> dict:
