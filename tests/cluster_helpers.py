@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
+import socketserver
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,51 @@ def wait_until(predicate: Callable[[], object], timeout: float = 60, interval: f
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+class ThrottledRelay:
+    """A TCP relay on the host's 127.0.0.1 to a local service, whose answers flow at most
+    `bytes_per_second`: a slow link on demand, so that a real restore (through `Cluster.forward`)
+    runs long enough to be watched or deleted mid-way, without faking any part of it."""
+
+    def __init__(self, target_port: int, bytes_per_second: int):
+        relay = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                relay._serve(self.request)
+
+        self.target_port, self.rate = target_port, bytes_per_second
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
+            def requests():
+                with contextlib.suppress(OSError):
+                    while data := client.recv(65536):
+                        upstream.sendall(data)
+                with contextlib.suppress(OSError):
+                    upstream.shutdown(socket.SHUT_WR)
+
+            threading.Thread(target=requests, daemon=True).start()
+            chunk = max(1, self.rate // 20)  # twenty sends a second: smooth, not bursts
+            with contextlib.suppress(OSError):
+                while data := upstream.recv(chunk):
+                    client.sendall(data)
+                    time.sleep(len(data) / self.rate)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> "ThrottledRelay":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
 
 @dataclass

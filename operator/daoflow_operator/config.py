@@ -50,6 +50,12 @@ class Config:
     unschedulable_timeout_seconds: float = 300.0
     # While a restore pod has not started, its Job and pod are looked at again this often.
     pod_start_poll_seconds: float = 5.0
+    # How long a restore pod that is stopped (a cancel, the Job's deadline, a drain) has between SIGTERM
+    # and SIGKILL: the runner finishes a commit it has begun or renames the old data back (seconds),
+    # then removes what it staged (about a second per 10-50k files on a local disk, longer on network
+    # volumes). Data is safe once the renames are undone; a SIGKILL during the clean-up only leaves
+    # staged files for the next restore into the target to remove.
+    runner_termination_grace_seconds: int = 120
     # CIDRs an S3 endpoint must resolve into (DAOFLOW_S3_ENDPOINT_ALLOWLIST, comma-separated), checked
     # by the runner after DNS; empty: any address but link-local and cloud metadata ones.
     s3_endpoint_allowlist: tuple[str, ...] = ()
@@ -73,6 +79,8 @@ class Config:
             unschedulable_timeout_seconds=float(env("DAOFLOW_UNSCHEDULABLE_TIMEOUT_SECONDS",
                                                     defaults.unschedulable_timeout_seconds)),
             pod_start_poll_seconds=float(env("DAOFLOW_POD_START_POLL_SECONDS", defaults.pod_start_poll_seconds)),
+            runner_termination_grace_seconds=int(env("DAOFLOW_RUNNER_TERMINATION_GRACE_SECONDS",
+                                                     defaults.runner_termination_grace_seconds)),
             s3_endpoint_allowlist=tuple(n.strip() for n in env("DAOFLOW_S3_ENDPOINT_ALLOWLIST", "").split(",")
                                         if n.strip()),
         )

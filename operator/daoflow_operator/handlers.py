@@ -17,6 +17,12 @@ the world, asks `status.decide()` what follows, and writes it:
                                  -> post the events of the transition
                                  -> delete the Job whose pod cannot start
                                  -> let go of the target of a restore that ended
+                                 -> log the final record as one JSON line (its event is the outcome's)
+                                 -> remove the finalizer once the restore ended and its Job cannot write
+
+A real restore holds the operator's finalizer (status.FINALIZER) from its first pass until it
+has ended and its Job can no longer write: deleting it cancels it (the Job is deleted in the
+foreground, its runner gets SIGTERM and rolls back), and the record stays until the pod ended.
 
 Handlers are event handlers, not kopf's create/update handlers, so kopf itself writes
 nothing to the objects: no progress annotations, no last-handled state. All state
@@ -26,7 +32,9 @@ lives in the restore's status, and everything can be rebuilt from the world.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
@@ -39,19 +47,25 @@ from .config import Config
 from .kube import Conflict, JobRefused, Kube, api_client_from_env
 
 log = logging.getLogger("daoflow_operator")
+# The final record of each restore, one JSON object a line, bare (see startup), for log pipelines.
+record_log = logging.getLogger("daoflow_operator.record")
 
 Key = tuple[str, str]  # (namespace, name) of a BackupRestore
 
 
 def reconcile(kube: Kube, config: Config, namespace: str, name: str,
-              now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> status_.Decision | None:
+              now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+              reports: dict | None = None) -> status_.Decision | None:
     """One level-based pass over one restore. Returns the decision, or None when there was nothing to do.
 
-    On Conflict (the restore changed since it was read) the caller runs it again.
+    On Conflict (the restore changed since it was read) the caller runs it again. `reports`: the
+    runner's reports seen on pod events, {(namespace, name): (restore uid, termination message)}:
+    the pod of a cancelled Job may be gone before a pass reads it.
     """
     restore = kube.get_restore(namespace, name)
     if restore is None:
         return None
+    deleting = status_.deleting(restore)
     if status_.is_final(restore.get("status")):
         # A Job whose pod could not start is deleted right after the final status is written;
         # should the operator have died in between, this pass (an event of that Job, or a
@@ -60,11 +74,21 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
             job = kube.get_job(namespace, lingering)
             if job is not None and _owned(job, restore):
                 kube.delete_job(namespace, lingering, job["metadata"]["uid"])
+        if status_.has_finalizer(restore) and not let_go(kube, restore, restore["status"]):
+            return status_.Decision(status=restore["status"], requeue_after=config.pod_start_poll_seconds)
         return None
     current = restore.get("status") or {}
     observed = status_.Observation()
     destination = None
-    if not current.get("jobRef"):
+    if deleting and not current.get("jobRef"):
+        # Deleted before its Job was recorded: released, whatever else the world holds. Only a pass
+        # that died between creating the Job and recording it may have left one: then it is cancelled.
+        if not (restore.get("spec") or {}).get("dryRun"):
+            job = kube.get_job(namespace, jobs.job_name(name))
+            if job is not None and _owned(job, restore):
+                observed.job, observed.pods = job, kube.job_pods(namespace, job)
+                observed.report = pods.termination_message(observed.pods)
+    elif not current.get("jobRef"):
         spec = models.BackupRestoreSpec.model_validate(restore.get("spec") or {})
         observed.run = kube.get_run(namespace, spec.backup_run_ref.name)
         dest_name = ((observed.run or {}).get("spec") or {}).get("destinationRef", {}).get("name")
@@ -81,21 +105,25 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
         job = kube.get_job(namespace, current["jobRef"]["name"])
         owned = job is not None and _owned(job, restore)
         ended = owned and status_.job_ended(job) is not None
-        if not owned or (job["metadata"].get("deletionTimestamp") and not ended):
+        if not owned or (job["metadata"].get("deletionTimestamp") and not ended and not deleting):
             observed.job_missing = True
         else:
             observed.job = job
             running = (status_.get_condition(current, status_.STARTED) or {}).get("reason") == status_.JOB_RUNNING
             # The pods are read until the runner is seen running (to tell Queued from Running and
-            # to catch a pod that cannot start) and once the Job ended (for the runner's report);
-            # not while it runs. A ready Job does not spare the read: its ready count includes pods
-            # it adopted. Only its own pods count; others that carry its labels are named (pods.judge).
-            if ended or not running:
+            # to catch a pod that cannot start) and once the Job ended or is cancelled (for the
+            # runner's report); not while it runs. A ready Job does not spare the read: its ready count
+            # includes pods it adopted. Only its own pods count; others that carry its labels are
+            # named (pods.judge).
+            if ended or deleting or not running:
                 observed.pods, observed.untrusted_pods = pods.judge(kube.job_pods(namespace, job), job)
-                if ended:
+                if ended or deleting:
                     observed.report = pods.termination_message(observed.pods)
                 elif (pod_uid := pods.events_needed(observed.pods, job)) is not None:
                     observed.pod_events = kube.pod_events(namespace, pod_uid)
+        seen = (reports or {}).get((namespace, name))
+        if deleting and observed.report is None and seen and seen[0] == restore["metadata"]["uid"]:
+            observed.report = seen[1]
 
     at = now()
     decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
@@ -107,6 +135,12 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
                                                                       decision.review)
         decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
                                   poll_interval=config.pod_start_poll_seconds)
+    if status_.needs_finalizer(restore, decision.status):
+        # Before the Lease and the Job: a Job never exists without it.
+        written = kube.set_finalizer(restore, status_.FINALIZER, True)
+        if written is None:
+            return None
+        restore["metadata"] = written["metadata"]
     if decision.acquire is not None and decision.acquire.state != "ours":
         # Before the Job: a Job exists only while its restore holds the target. A crash right after
         # this leaves the Lease with this restore, and the next pass finds it "ours".
@@ -120,14 +154,25 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
             decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
                                       poll_interval=config.pod_start_poll_seconds)
     if status_.changed(current, decision.status):
-        kube.patch_status(namespace, name, status_.status_patch(current, decision.status),
-                          restore["metadata"]["resourceVersion"])
+        written = kube.patch_status(namespace, name, status_.status_patch(current, decision.status),
+                                    restore["metadata"]["resourceVersion"])
+        restore["metadata"]["resourceVersion"] = (written or {}).get("metadata", {}).get(
+            "resourceVersion", restore["metadata"]["resourceVersion"])
         if current.get("phase") != decision.status.get("phase"):
             ready = status_.get_condition(decision.status, status_.READY) or {}
             log.info("%s/%s: %s -> %s (%s: %s)", namespace, name, current.get("phase") or "new",
                      decision.status.get("phase"), ready.get("reason"), ready.get("message"))
+    ended_now = status_.is_final(decision.status) and not status_.is_final(current)
+    if ended_now:
+        # Once, on the transition to the end, next to the transition's own event that tells the outcome:
+        # the record outlives the object in the logs.
+        record_log.info(json.dumps(status_.final_record(restore, decision.status), separators=(",", ":")))
     for event in decision.events:
         kube.post_event(restore, event.type, event.reason, event.message)
+    if decision.cancel_job:
+        # Foreground: the Job stays until its pod has ended its grace period (the rollback).
+        kube.delete_job(namespace, observed.job["metadata"]["name"], observed.job["metadata"]["uid"],
+                        propagation="Foreground")
     if decision.delete_job:
         # After the status: a crash before this line leaves a final record, and the pass above deletes.
         kube.delete_job(namespace, observed.job["metadata"]["name"], observed.job["metadata"]["uid"])
@@ -135,7 +180,33 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
         # After the final status: should the operator die before this, the restores that wait take
         # the Lease over from the ended holder.
         kube.release_lease(namespace, targets.lease_name(decision.release_target), restore["metadata"]["uid"])
+    if ended_now and status_.has_finalizer(restore) and not let_go(kube, restore, decision.status, observed):
+        decision.requeue_after = config.pod_start_poll_seconds
     return decision
+
+
+def let_go(kube: Kube, restore: dict, status: dict, observed: status_.Observation | None = None) -> bool:
+    """Removes the finalizer of a restore that ended, once its Job can no longer write into the
+    target (gone, ended, or its pod ended). False while it still may: a Job event wakes it again.
+
+    `observed`: what this pass read of the Job and its pods, which spares reading them again.
+    """
+    namespace = restore["metadata"]["namespace"]
+    if (ref := status.get("jobRef")) and not status_.job_to_delete(status):  # whose pod never started
+        if observed is not None and observed.job_missing:
+            job, job_pods = None, None
+        elif observed is not None and observed.job is not None and (
+                status_.job_ended(observed.job) or observed.pods is not None):
+            job, job_pods = observed.job, observed.pods
+        else:
+            job = kube.get_job(namespace, ref["name"])
+            if job is not None and not _owned(job, restore):
+                job = None
+            job_pods = kube.job_pods(namespace, job) if job is not None and not status_.job_ended(job) else None
+        if not status_.job_over(job, job_pods):
+            return False
+    kube.set_finalizer(restore, status_.FINALIZER, False)
+    return True
 
 
 def authorize(kube: Kube, restore: dict, recheck: access.Review | None, question: access.Review | None
@@ -263,6 +334,8 @@ class Operator:
         self.config = config
         self.queue = WorkQueue(self.process)
         self.waits: dict[Key, int] = {}
+        # The runner's report of a cancelled restore, as a pod event showed it: (restore uid, message).
+        self.reports: dict[Key, tuple[str, str]] = {}
 
     def wait_delay(self, key: Key) -> float:
         attempt = self.waits.get(key, 0)
@@ -272,10 +345,12 @@ class Operator:
     async def process(self, key: Key) -> float | None:
         for _ in range(5):
             try:
-                decision = await asyncio.to_thread(reconcile, self.kube, self.config, *key)
+                decision = await asyncio.to_thread(reconcile, self.kube, self.config, *key, reports=self.reports)
             except Conflict:
                 log.info("%s/%s changed while it was reconciled; reading it again", *key)
                 continue
+            if decision is None or status_.is_final(decision.status):
+                self.reports.pop(key, None)
             if decision is not None and decision.wait is not None:
                 # The backoff, but never past the wait deadline (requeue_after), which sends no event.
                 return min(self.wait_delay(key), decision.requeue_after or float("inf"))
@@ -293,11 +368,20 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     settings.watching.client_timeout = 330
     # Only the operator's own Jobs are streamed, filtered by the API server.
     settings.watching.label_selectors["batch", "jobs"] = f"app.kubernetes.io/managed-by={jobs.MANAGED_BY}"
+    # And only their pods (for the report of a cancelled restore, see pod_event).
+    settings.watching.label_selectors["pods"] = f"app.kubernetes.io/managed-by={jobs.MANAGED_BY}"
     # The CRDs are installed before the operator starts, so it need not watch CRDs or
     # namespaces appear: least privilege, no RBAC for either.
     settings.scanning.disabled = True
     # One line per transition comes from this module; kopf's per-event lines are noise.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if not record_log.handlers:
+        # Bare JSON on stdout, without the log format's prefix, so that a pipeline can parse the line.
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        record_log.addHandler(handler)
+        record_log.setLevel(logging.INFO)
+        record_log.propagate = False
     if getattr(memo, "operator", None) is None:  # tests may bring their own API client
         memo.operator = Operator(Kube(api_client_from_env()), Config.from_env())
     memo.worker = asyncio.create_task(memo.operator.queue.run())
@@ -329,14 +413,23 @@ def restores_by_target(namespace, name, status, **_):
     return {(namespace, target_key): name} if target_key else None
 
 
+@kopf.index(models.GROUP, models.VERSION, "backuprestores")
+def restores_being_deleted(namespace, name, uid, meta, **_):
+    """Restores being deleted, by uid (their pods' label), so their pods' events reach them."""
+    return {(namespace, uid): name} if meta.get("deletionTimestamp") else None
+
+
 @kopf.on.event(models.GROUP, models.VERSION, "backuprestores")
 async def restore_event(event, namespace, name, status, restores_by_target: kopf.Index, memo: kopf.Memo,
-                        **_) -> None:
+                        meta=None, **_) -> None:
     if event.get("type") == "DELETED" or status_.is_final(status):
         # A restore that ended, or was deleted, frees its target: wake the restores queued behind it.
         target_key = targets.key(((status or {}).get("plan") or {}).get("target"))
         for waiting in restores_by_target.get((namespace, target_key), []) if target_key else []:
             memo.operator.queue.add((namespace, waiting))
+        if event.get("type") != "DELETED" and status_.FINALIZER in ((meta or {}).get("finalizers") or []):
+            # Ended, but its finalizer was not removed yet (a restart in between): let go of it.
+            memo.operator.queue.add((namespace, name))
         return
     memo.operator.queue.add((namespace, name))
 
@@ -352,3 +445,30 @@ async def job_event(namespace, meta, memo: kopf.Memo, **_) -> None:
 async def run_event(namespace, name, restores_by_run: kopf.Index, memo: kopf.Memo, **_) -> None:
     for restore in restores_by_run.get((namespace, name), []):
         memo.operator.queue.add((namespace, restore))
+
+
+async def _own_pod(kube: Kube, namespace: str, pod: dict) -> bool:
+    owner = next((r for r in (pod.get("metadata") or {}).get("ownerReferences") or []
+                  if r.get("controller") and r.get("kind") == "Job"), None)
+    if owner is None:
+        return False
+    job = await asyncio.to_thread(kube.get_job, namespace, owner["name"])
+    return job is not None and bool(pods.judge([pod], job)[0])
+
+
+@kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": jobs.MANAGED_BY})
+async def pod_event(namespace, labels, body, restores_being_deleted: kopf.Index, memo: kopf.Memo, **_) -> None:
+    """The pod of a cancelled restore: its runner's report is kept the moment the pod shows it,
+    since the pod is removed right after it ended."""
+    uid = labels.get(jobs.LABEL_RESTORE_UID)
+    for name in restores_being_deleted.get((namespace, uid), []):
+        report = pods.termination_message([dict(body)])
+        if report is not None and not await _own_pod(memo.operator.kube, namespace, dict(body)):
+            # Labels are anyone's to set: only the Job's own pod may report (pods.judge). Its Job
+            # still exists here, since the Job is deleted in the foreground, after its pods.
+            report = None
+        if report is not None and memo.operator.reports.get((namespace, name)) != (uid, report):
+            memo.operator.reports[(namespace, name)] = (uid, report)
+            log.info("%s/%s: the runner's report kept from the event of pod %s", namespace, name,
+                     (body.get("metadata") or {}).get("name"))
+        memo.operator.queue.add((namespace, name))

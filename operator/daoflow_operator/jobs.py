@@ -201,6 +201,8 @@ def build_job(restore: dict, plan: dict, destination: dict, config: Config) -> d
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # SIGTERM to SIGKILL: room for the runner's rollback (config.runner_termination_grace_seconds).
+        "terminationGracePeriodSeconds": config.runner_termination_grace_seconds,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {

@@ -286,19 +286,39 @@ class Kube:
             f"list events of pod {namespace}/{pod_uid}")
         return [self.client.sanitize_for_serialization(e) for e in events.items]
 
-    def delete_job(self, namespace: str, name: str, uid: str) -> bool:
-        """Deletes the Job and, in the background, its pods. Idempotent: a Job already gone is fine.
+    def delete_job(self, namespace: str, name: str, uid: str, propagation: str = "Background") -> bool:
+        """Deletes the Job and its pods (`propagation`). Idempotent: a Job already gone is fine.
 
         The uid precondition makes sure only the Job that was observed is deleted, never a namesake.
+        A cancel deletes it in the foreground: the Job stays, marked for deletion, until its pod has
+        ended its grace period, so the operator sees the pod end (and the runner's report) through it.
         """
-        body = kubernetes.client.V1DeleteOptions(propagation_policy="Background",
+        body = kubernetes.client.V1DeleteOptions(propagation_policy=propagation,
                                                  preconditions=kubernetes.client.V1Preconditions(uid=uid))
         if not self._delete_if_unchanged(lambda: self.batch.delete_namespaced_job(name, namespace, body=body),
                                          f"delete job {namespace}/{name}"):
             log.info("Job %s/%s is gone or is not the one observed (uid %s); not deleting it", namespace, name, uid)
             return False
-        log.info("deleted Job %s/%s: its pod cannot start", namespace, name)
+        log.info("deleted Job %s/%s (%s)", namespace, name,
+                 "its restore is cancelled" if propagation == "Foreground" else "its pod cannot start")
         return True
+
+    def set_finalizer(self, restore: dict, finalizer: str, present: bool) -> dict | None:
+        """Adds or removes the operator's finalizer on a restore; returns the restore as written.
+
+        A merge patch of the whole list, conditional on the resourceVersion that was read (a 409 is
+        Conflict: read again), so other finalizers are never lost. None when the restore is gone.
+        """
+        meta = restore["metadata"]
+        finalizers = [f for f in meta.get("finalizers") or [] if f != finalizer] + ([finalizer] if present else [])
+        body = {"metadata": {"finalizers": finalizers or None, "resourceVersion": meta["resourceVersion"]}}
+        written = self._get_or_none(lambda: self.custom.patch_namespaced_custom_object(
+            models.GROUP, models.VERSION, meta["namespace"], "backuprestores", meta["name"], body,
+            _content_type="application/merge-patch+json"),
+            f"{'add' if present else 'remove'} finalizer of backuprestore {meta['namespace']}/{meta['name']}")
+        log.info("%s/%s: finalizer %s %s", meta["namespace"], meta["name"], finalizer,
+                 "added" if present else "removed")
+        return written
 
     def patch_status(self, namespace: str, name: str, patch: dict, resource_version: str) -> dict:
         """A merge patch of the status, conditional on the resourceVersion that was read."""

@@ -44,6 +44,12 @@ JOB_RUNNING = "JobRunning"
 JOB_DELETED = "JobDeleted"
 JOB_FAILED = "JobFailed"
 RESTORE_SUCCEEDED = "RestoreSucceeded"
+# Deleting a restore cancels it: its Job is deleted, its runner stops and rolls back what it has not committed.
+CANCELLING = "Cancelling"
+CANCELLED = "Cancelled"
+INTERRUPTED = "Interrupted"  # the runner's report after a signal: it rolled the target back
+# The operator's own finalizer: a restore that may have a Job is not removed before its Job has ended.
+FINALIZER = "backup.daoflow.dev/cancel-on-delete"
 REPORT_MISSING = "ReportMissing"
 TARGET_BUSY = targets.TARGET_BUSY
 REQUESTER_NO_LONGER_AUTHORIZED = "RequesterNoLongerAuthorized"
@@ -96,6 +102,7 @@ class Decision:
     acquire: targets.Holder | None = None  # take the target (unless already ours) before the Job is created
     release_target: str | None = None  # the restore ended: let go of this target, if it still holds it
     delete_job: bool = False  # the Job's pod cannot start: delete the Job (after the status is written)
+    cancel_job: bool = False  # the restore is being deleted: delete its Job, letting the pod end gracefully
     requeue_after: float | None = None  # the pod has not started: look again after this many seconds
     # Ask the API server whether the requester may restore into the target, then decide again with
     # the answer in Observation.authorization. Nothing else of this decision is to be carried out.
@@ -121,6 +128,60 @@ def wait_deadline(restore: dict, now: datetime) -> datetime:
 
 def is_final(status: dict | None) -> bool:
     return bool((status or {}).get("completionTime"))
+
+
+def deleting(restore: dict) -> bool:
+    return bool((restore.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def has_finalizer(restore: dict) -> bool:
+    return FINALIZER in ((restore.get("metadata") or {}).get("finalizers") or [])
+
+
+def needs_finalizer(restore: dict, status: dict) -> bool:
+    """A real restore that is not over holds the finalizer before its Job can exist, so that deleting
+    it cancels the Job instead of erasing the record while the runner writes. A dry run never has one."""
+    spec = restore.get("spec") or {}
+    return not spec.get("dryRun") and not is_final(status) and not deleting(restore) and not has_finalizer(restore)
+
+
+def pod_active(pod: dict) -> bool:
+    """The pod may still run the runner: not Succeeded or Failed, and its runner has not terminated."""
+    if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return False
+    return not ((pods_.runner_status(pod).get("state") or {}).get("terminated"))
+
+
+def job_over(job: dict | None, pods: list[dict] | None) -> bool:
+    """The Job can no longer write into the target: gone, ended, or none of its pods may still run."""
+    if job is None or job_ended(job):
+        return True
+    return pods is not None and not any(pod_active(p) for p in pods)
+
+
+def final_record(restore: dict, status: dict) -> dict[str, Any]:
+    """The record of a restore that reached its end, as one flat object with a stable schema: logged
+    as one JSON line, so a log pipeline keeps it after the object is deleted."""
+    meta = restore.get("metadata") or {}
+    spec = restore.get("spec") or {}
+    result = status.get("result") or {}
+    plan = status.get("plan") or {}
+    ready = get_condition(status, READY) or {}
+    succeeded = get_condition(status, SUCCEEDED) or {}
+    reason = succeeded.get("reason") or ready.get("reason")
+    message = succeeded.get("message") or ready.get("message")
+    return {
+        "record": "daoflow.backuprestore/v1", "kind": "BackupRestore", "namespace": meta.get("namespace"),
+        "name": meta.get("name"), "uid": meta.get("uid"),
+        "backupRun": (spec.get("backupRunRef") or {}).get("name"), "dryRun": bool(spec.get("dryRun")),
+        "phase": status.get("phase"), "reason": reason, "message": message,
+        "requestedBy": status.get("requestedBy"), "startTime": status.get("startTime"),
+        "completionTime": status.get("completionTime"), "deleted": deleting(restore),
+        "verified": result.get("verified"), "bytes": result.get("bytes"), "files": result.get("files"),
+        "sha256": result.get("sha256") or (plan.get("artifact") or {}).get("sha256"),
+        "planHash": plan.get("planHash"), "target": plan.get("target"),
+        "job": (status.get("jobRef") or {}).get("name"),
+    }
 
 
 def get_condition(status: dict, ctype: str) -> dict | None:
@@ -297,6 +358,25 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
     if requester and not status.get("requestedBy"):
         status["requestedBy"] = requester.user
     by = f" requested by {status['requestedBy']}" if status.get("requestedBy") else ""
+    cancel = deleting(restore)
+
+    if cancel and not status.get("jobRef") and observed.job is not None:
+        # Its Job was created by a pass that died before recording it: followed (and cancelled) below.
+        status["jobRef"] = {"name": observed.job["metadata"]["name"]}
+    if cancel and not status.get("jobRef"):
+        # Deleted before its Job was created: released, final; no Job is ever created for it.
+        message = "the BackupRestore was deleted before its Job was created; nothing was written to the target"
+        for ctype in (SUCCEEDED, READY):
+            set_condition(status, ctype, "False", CANCELLED, message, generation, now)
+        audit(status, now, "record", "failed", message)
+        events.append(Event("Warning", CANCELLED, message))
+        status["completionTime"] = fmt_time(now)
+        if not spec.dry_run:
+            # It may have taken its target's Lease in a pass that ended before the Job was created.
+            decision.release_target = targets.key((status.get("plan") or {}).get("target"))
+        status["observedGeneration"] = generation
+        status["phase"] = derive_phase(status)
+        return decision
 
     def reject(reason: str, message: str, step: str) -> Decision:
         for ctype in (VALIDATED, STARTED, READY):
@@ -462,6 +542,11 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         and not any((p.get("status") or {}).get("phase") == "Succeeded" for p in observed.pods)
     if outcome in ("complete", "failed") and observed.report is None and (untrusted or unproven):
         outcome = "untrusted"
+    if cancel and outcome not in ("complete", "failed", "deleted", "untrusted"):
+        # Being deleted: the runner's report, read once its pod has ended, tells whether it rolled back
+        # or had already committed; until then the Job is stopped and the record waits for it.
+        report = parse_report(observed.report)
+        outcome = "cancelling" if report is None else "failed" if report.get("reason") else "complete"
     running = (get_condition(status, STARTED) or {}).get("reason") == JOB_RUNNING
     start = None
     if outcome == "queued" and not running and observed.pods is not None:
@@ -471,12 +556,27 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
             outcome = "cannot-start"
 
     if outcome == "deleted":
+        reason = JOB_DELETED
         message = f"Job {job_name_} was deleted before it finished; the restore is not retried"
-        set_condition(status, SUCCEEDED, "False", JOB_DELETED, message, generation, now)
-        set_condition(status, READY, "False", JOB_DELETED, message, generation, now)
+        if cancel:
+            reason = CANCELLED
+            message = (f"the BackupRestore was deleted and Job {job_name_} has ended, but the runner's report "
+                       "could not be read: whether it rolled the target back or had committed is not known; "
+                       "check the target" + ("" if running else "; its runner was not seen running"))
+        set_condition(status, SUCCEEDED, "False", reason, message, generation, now)
+        set_condition(status, READY, "False", reason, message, generation, now)
         audit(status, now, "execute", "failed", message)
-        events.append(Event("Warning", JOB_DELETED, message))
+        events.append(Event("Warning", reason, message))
         finish()
+    elif outcome == "cancelling":
+        if (get_condition(status, READY) or {}).get("reason") != CANCELLING:
+            message = (f"the BackupRestore is being deleted: Job {job_name_} is deleted and its runner stopped; "
+                       "it rolls back what it has not committed, and the record stays until its pod has ended")
+            set_condition(status, READY, "False", CANCELLING, message, generation, now)
+            audit(status, now, "execute", "waiting", message)
+            events.append(Event("Warning", CANCELLING, message))
+        decision.cancel_job = not (job.get("metadata") or {}).get("deletionTimestamp")
+        decision.requeue_after = poll_interval  # the end of its pod may send no event of the Job
     elif outcome == "cannot-start":
         reason = start.reason
         message = f"Job {job_name_} cannot run: {start.message}"
@@ -534,6 +634,9 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
             audit(status, now, "verify", "failed", detail)
             events.append(Event("Warning", REPORT_MISSING, f"Job {job_name_} completed, but {detail}"))
         message = f"restored from BackupRun {spec.backup_run_ref.name} by Job {job_name_}"
+        if cancel:
+            message += ("; the BackupRestore was deleted while it ran, but the runner had already committed: "
+                        "the target holds the restored data")
         set_condition(status, SUCCEEDED, "True", RESTORE_SUCCEEDED, message, generation, now)
         set_condition(status, READY, "True", RESTORE_SUCCEEDED, message, generation, now)
         target = plan.get("target") or {}
@@ -551,6 +654,10 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         reason = (report or {}).get("reason") or cond.get("reason") or JOB_FAILED
         message = (report or {}).get("message") or cond.get("message") or f"Job {job_name_} failed"
         message = f"Job {job_name_} failed: {message}"
+        if cancel and reason == INTERRUPTED:
+            reason = CANCELLED
+            message = (f"Job {job_name_} was cancelled: the BackupRestore was deleted, and the runner stopped "
+                       f"and rolled the target back ({(report or {}).get('message')})")
         # A content mismatch fails verification as a checksum mismatch does: the artifact is
         # not the one recorded, even though its bytes are.
         verify_failed = reason in ("ChecksumMismatch", "ContentMismatch")

@@ -38,6 +38,18 @@ def volume(cluster: Cluster, namespace: str, claim: str) -> Path:
     return path
 
 
+def application_data(cluster: Cluster, namespace: str, claim: str = "app-data") -> Path:
+    """A target claim that already holds an application's data, owned as the runner's uid."""
+    volume(cluster, namespace, claim)
+    target = cluster.volume_dir(f"{namespace}-{claim}")
+    (target / "old").mkdir()
+    (target / "old" / "data.bin").write_bytes(os.urandom(50_000))
+    (target / "old-config.yaml").write_text("replicas: 1\n")
+    for path in (target / "old", target / "old" / "data.bin", target / "old-config.yaml"):
+        os.chown(path, RUNNER_UID, RUNNER_UID)
+    return target
+
+
 def sample_tree(root: Path) -> Path:
     """A small tree with the parts a restore must keep: unicode names, an empty folder, a
     symlink, a hard link, an empty file and distinct modes."""

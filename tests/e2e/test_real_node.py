@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from backups import (ARTIFACT_PATH, RUNNER_UID, backup_run, condition, destination, events, jobs, make_artifact, restore,
-                     sample_tree, set_run_status, snapshot, succeeded, volume, wait_phase)
+from backups import (ARTIFACT_PATH, application_data, backup_run, condition, destination, events, jobs, make_artifact,
+                     restore, sample_tree, set_run_status, snapshot, succeeded, volume, wait_phase)
 from cluster_helpers import wait_until
 from daoflow_operator import jobs as jobs_
 from daoflow_operator.config import Config
@@ -142,13 +142,7 @@ def _runner_pids(pod_uid: str) -> list[int]:
 def test_a_replace_killed_mid_way_keeps_the_old_data_and_the_next_restore_recovers(cluster, namespace, operator,
                                                                                     tmp_path):
     destination(cluster, namespace)
-    volume(cluster, namespace, "app-data")
-    target = cluster.volume_dir(f"{namespace}-app-data")
-    (target / "old").mkdir()
-    (target / "old" / "data.bin").write_bytes(os.urandom(50_000))
-    (target / "old-config.yaml").write_text("replicas: 1\n")
-    for path in (target / "old", target / "old" / "data.bin", target / "old-config.yaml"):
-        os.chown(path, RUNNER_UID, RUNNER_UID)  # the application's data, owned as the runner's uid
+    target = application_data(cluster, namespace)
     before = snapshot(target)
     # Incompressible data, so the runner is still writing when it is killed.
     tree = sample_tree(tmp_path / "tree")

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import kmock as kmock_lib
 import kubernetes
 
-from daoflow_operator import access, handlers
+from daoflow_operator import access, handlers, status as status_
 from daoflow_operator.config import Config
 from daoflow_operator.kube import Kube
 
@@ -98,6 +98,7 @@ def restore(name: str = "r1") -> dict:
         "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1, "resourceVersion": "5",
                      # Now: a restore's wait deadline counts from its creation.
                      "creationTimestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                     "finalizers": [status_.FINALIZER],
                      "annotations": {access.REQUESTED_BY: "alice", access.REQUESTED_BY_GROUPS: '["system:authenticated"]'}},
         "spec": {"backupRunRef": {"name": "nightly"}},
     }

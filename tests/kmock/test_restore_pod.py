@@ -16,6 +16,7 @@ LIST_EVENTS = ("GET", "/api/v1/namespaces/ns/events")
 PATCH = ("PATCH", f"{BASE}/backuprestores/r1/status")
 EVENT = ("POST", "/api/v1/namespaces/ns/events")
 DELETE_JOB = ("DELETE", "/apis/batch/v1/namespaces/ns/jobs/r1-restore")
+UNFINALIZE = ("PATCH", f"{BASE}/backuprestores/r1")  # the restore ended: its finalizer is removed
 LEASE_NAME = targets.lease_name("pvc/data")
 LEASE = ("GET", f"/apis/coordination.k8s.io/v1/namespaces/ns/leases/{LEASE_NAME}")
 TAKE_LEASE = ("POST", "/apis/coordination.k8s.io/v1/namespaces/ns/leases")
@@ -139,8 +140,8 @@ async def test_a_pod_that_cannot_pull_its_image_fails_the_restore_and_its_job_is
 
     # No events are read: the pod's own status says enough. The status is written before the delete,
     # and the target is let go of last (here it has no Lease any more: nothing to delete).
-    assert requests(k8s) == [RESTORE, JOB, LIST_PODS, PATCH, EVENT, DELETE_JOB, LEASE]
-    delete = list(k8s)[-2]
+    assert requests(k8s) == [RESTORE, JOB, LIST_PODS, PATCH, EVENT, DELETE_JOB, LEASE, UNFINALIZE]
+    delete = list(k8s)[-3]
     assert delete.data["propagationPolicy"] == "Background"
     assert delete.data["preconditions"] == {"uid": "uid-job"}
     status = k8s.objects[RESTORES, "ns", "r1"].raw["status"]
@@ -160,7 +161,7 @@ async def test_a_job_left_behind_by_a_crash_after_the_final_status_is_deleted_by
     operator = operator_for(k8s)
 
     assert await operator.process(("ns", "r1")) is None
-    assert requests(k8s) == [RESTORE, JOB, DELETE_JOB]
+    assert requests(k8s) == [RESTORE, JOB, DELETE_JOB, UNFINALIZE]
     seen = len(list(k8s))
     assert await operator.process(("ns", "r1")) is None
     assert requests(k8s, seen) == [RESTORE, JOB]  # gone (404): nothing more to do
@@ -179,6 +180,7 @@ async def test_a_running_restore_reads_no_pods_and_a_finished_one_reads_nothing_
     done = queued_status(started="JobRunning", reason="RestoreSucceeded", message="restored")
     done.update(phase="Succeeded", completionTime="2026-11-27T12:05:00Z")
     with_restore(k8s, done)
+    del k8s.objects[RESTORES, "ns", "r1"].raw["metadata"]["finalizers"]  # let go of when it ended
     seen = len(list(k8s))
     assert await operator.process(("ns", "r1")) is None
     assert requests(k8s, seen) == [RESTORE]

@@ -33,14 +33,15 @@ async def test_a_requester_who_may_not_restore_into_the_target_is_rejected_with_
     operator = operator_for(kmock)
 
     assert await operator.process(("ns", "r1")) is None
-    assert requests(kmock) == first_reads(kmock) + REVIEW + [("PATCH", f"{BASE}/backuprestores/r1/status"), EVENT]
+    assert requests(kmock) == first_reads(kmock) + REVIEW + [("PATCH", f"{BASE}/backuprestores/r1/status"), EVENT,
+                                                              ("PATCH", f"{BASE}/backuprestores/r1")]
     status = kmock.objects[RESTORES, "ns", "r1"].raw["status"]
     assert status["phase"] == "Rejected" and status["completionTime"]
     assert ready(kmock)["reason"] == "TargetNotAuthorized"
     assert ready(kmock)["message"] == (
         "alice may not restore into PersistentVolumeClaim data: that needs the verb restore on "
         "persistentvolumeclaims/data in namespace ns (the scope backup:restore)")
-    event = list(kmock)[-1].data
+    event = list(kmock)[-2].data
     assert (event["type"], event["reason"]) == ("Warning", "TargetNotAuthorized")
     assert not list(kmock[JOBS]) and not list(kmock[LEASES])
 

@@ -34,7 +34,7 @@ a Role in each when watchNamespaces lists them. Keep equal to manifests/rbac.yam
 # The pod tells whether the runner started, and its termination message is the runner's report.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list]
+  verbs: [get, list, watch]  # watch: the report of a cancelled restore's pod, seen before the pod goes
 # The target claim is checked before the Job exists (only its metadata and status are used).
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
