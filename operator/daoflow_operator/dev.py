@@ -121,9 +121,10 @@ def install(kubeconfig: str, samples: bool = True, volume_root: Path | None = No
     BackupRun records a real artifact; else the samples are applied as they are."""
     kubectl(kubeconfig, "apply", "-f", str(REPO / "crds"))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-            *(f"crd/{p}.backup.daoflow.dev" for p in ("backupruns", "backupdestinations", "backuprestores")))
+            *(f"crd/{p}.backup.daoflow.dev" for p in ("backupruns", "backupdestinations", "backuprestores", "restoreapprovals")))
     kubectl(kubeconfig, "apply", "-f", str(REPO / "manifests" / "rbac.yaml"), "-f", str(REPO / "manifests" / "scopes.yaml"),
-            "-f", str(REPO / "manifests" / "pod-trust.yaml"))
+            "-f", str(REPO / "manifests" / "pod-trust.yaml"), "-f", str(REPO / "manifests" / "approvals.yaml"),
+            "-f", str(REPO / "manifests" / "require-approval.yaml"))
     if samples:
         if volume_root is None:
             kubectl(kubeconfig, "apply", "-f", str(SAMPLES))
