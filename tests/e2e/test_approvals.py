@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from approval_helpers import approval, bind, decided, requested
+from approval_helpers import OPERATOR, approval, bind, decided, requested
 from backups import (GROUP, backup_run, condition, destination, events, jobs, restore_status, set_run_status, settle,
                      snapshot, source_tree, succeeded_with_artifact, wait_phase)
 from cluster_helpers import wait_until
@@ -37,6 +37,15 @@ def restore_as(cluster, user: str, namespace: str, name: str, approval_name: str
     wait_until(lambda: create_as(cluster, user, namespace, name, run=run,
                                  approvalRef={"name": approval_name}).returncode == 0,
                what=f"{user}'s restore {name} to be admitted")
+
+
+def approval_status_writes(audit_log, namespace: str, name: str) -> list[dict]:
+    """The successful writes of an approval's status, with their bodies (the local control plane's audit policy)."""
+    entries = [json.loads(line) for line in audit_log.read_text().splitlines() if line.strip()]
+    return [e for e in entries if e.get("stage") == "ResponseComplete" and e["verb"] in ("update", "patch")
+            and e.get("objectRef", {}).get("resource") == "restoreapprovals"
+            and e["objectRef"].get("subresource") == "status" and e["objectRef"].get("namespace") == namespace
+            and e["objectRef"].get("name") == name and e.get("responseStatus", {}).get("code") == 200]
 
 
 def users(cluster, namespace: str) -> None:
@@ -78,6 +87,16 @@ def test_alice_asks_bob_approves_and_the_restore_waits_then_runs_once(cluster, n
     assert snapshot(cluster.volume_dir(f"{namespace}-app-data")) == snapshot(source_tree(cluster, namespace))
     used = approval(cluster, namespace, "fix-1")["status"]
     assert used["usedBy"]["name"] == "approved" and used["phase"] == "Used" and used["decidedBy"] == bob
+
+    # The API server's audit log: the decision was written by bob's identity; the operator's
+    # ServiceAccount wrote the approval's status too (its expiry, its use), but never a decision.
+    if cluster.local is not None:
+        writes = approval_status_writes(cluster.local.audit_log, namespace, "fix-1")
+        deciders = {e["user"]["username"] for e in writes if "decision" in e["requestObject"].get("status", {})}
+        assert deciders == {bob}
+        by_operator = [e for e in writes if e["user"]["username"] == OPERATOR]
+        assert by_operator and any("usedBy" in e["requestObject"]["status"] for e in by_operator)
+        assert not any(set(e["requestObject"]["status"]) & {"decision", "comment", "decidedBy"} for e in by_operator)
 
 
 def test_the_operator_refuses_each_approval_that_does_not_hold(cluster, namespace, operator):
