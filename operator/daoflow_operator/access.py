@@ -108,13 +108,19 @@ def requester(restore: dict) -> Requester | None:
     user = annotations.get(REQUESTED_BY)
     if not user:
         return None
+    return Requester(user, parse_groups(annotations.get(REQUESTED_BY_GROUPS)))
+
+
+def parse_groups(text: str | None) -> tuple[str, ...]:
+    """Groups recorded at admission as a JSON list; none when missing or malformed (a review can then
+    only allow less, never more)."""
     try:
-        groups = json.loads(annotations.get(REQUESTED_BY_GROUPS) or "[]")
+        groups = json.loads(text or "[]")
     except ValueError:
-        groups = []
+        return ()
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-        groups = []
-    return Requester(user, tuple(groups))
+        return ()
+    return tuple(groups)
 
 
 def review(namespace: str, target: dict | None, requester: Requester | None = None) -> Review | None:

@@ -22,12 +22,11 @@ The decider's identity (status.decidedBy, decidedByGroups) is recorded at admiss
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from .access import Requester, parse_time
+from .access import Requester, parse_groups, parse_time
 from .api import models
 
 AWAITING_APPROVAL = "AwaitingApproval"
@@ -73,13 +72,7 @@ def decider(approval: dict) -> Requester | None:
     status = approval.get("status") or {}
     if not status.get("decision") or not status.get("decidedBy"):
         return None
-    try:
-        groups = json.loads(status.get("decidedByGroups") or "[]")
-    except ValueError:
-        groups = []
-    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-        groups = []
-    return Requester(status["decidedBy"], tuple(groups))
+    return Requester(status["decidedBy"], parse_groups(status.get("decidedByGroups")))
 
 
 def fmt(at: datetime | None) -> str:

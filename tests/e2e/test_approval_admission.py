@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from approval_helpers import OPERATOR, PLAN, approval, bind, decide_as, decided, request_as, requested
+from approval_helpers import OPERATOR, PLAN, approval, bind, decide_as, decided, requested
 from cluster_helpers import wait_until
 
 pytestmark = pytest.mark.cluster
