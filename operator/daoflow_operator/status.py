@@ -170,7 +170,7 @@ def derive_phase(status: dict) -> str:
         return "Rejected"
     if cond(READY).get("reason") == "Planned":
         return "Planned"
-    if cond(APPROVED).get("status") == "Unknown":
+    if cond(READY).get("reason") in (approvals.AWAITING_APPROVAL, approvals.APPROVAL_NOT_FOUND):
         return "AwaitingApproval"
     if started.get("status") == "True":
         return "Running" if started.get("reason") == JOB_RUNNING else "Queued"
@@ -423,6 +423,8 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                     status["observedGeneration"] = generation
                     status["phase"] = derive_phase(status)
                     return decision
+                # Approved as far as can be told without asking; the decider's right and the claim follow.
+                set_condition(status, APPROVED, "True", approvals.APPROVED, gate.message, generation, now)
             if target.state == "busy":
                 # Queued behind the restore that holds the target. An event and an audit entry when
                 # it starts waiting, or waits for another holder; nothing when nothing changed.
@@ -473,7 +475,6 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                 status["phase"] = derive_phase(status)
                 return decision
             if gate is not None:
-                set_condition(status, APPROVED, "True", approvals.APPROVED, gate.message, generation, now)
                 status["approvedBy"] = gate.decider.user
                 audit(status, now, "queue", "ok", f"{gate.message}, decided at {gate.decided_time or 'an unrecorded time'}"
                                                   f"; {observed.approver_authorized.detail}; the approval is used by "

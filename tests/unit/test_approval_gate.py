@@ -145,3 +145,13 @@ def test_the_approval_shows_its_expiry_when_its_decision_was_seen_and_expired_wh
     assert approvals.phase(approval(decision="Rejected"), T0) == "Rejected"
     settled = approval(decision=None, expiresAt="2026-11-27T12:30:00Z", phase="Pending")
     assert approvals.status_patch(settled, T0)[0] == {}
+
+
+def test_an_approved_restore_queued_behind_a_busy_target_is_queued_not_awaiting():
+    from daoflow_operator import targets
+
+    busy = targets.Holder("busy", "pvc/data", {}, restore="r0", message="PersistentVolumeClaim data is being "
+                          "restored by BackupRestore r0; this restore starts when that one ends")
+    d = decide(gated(), observed(approval=approval(), target=busy), T0)
+    assert d.status["phase"] == "Queued" and cond(d.status, "Ready")["reason"] == "TargetBusy"
+    assert cond(d.status, "Approved")["status"] == "True" and not d.create_job and d.claim_approval is None
