@@ -409,7 +409,8 @@ class RestoreApproval(Model):
         {"name": "Requested-By", "type": "string",
          "jsonPath": ".metadata.annotations.backup\\.daoflow\\.dev/requested-by"},
         {"name": "Decided-By", "type": "string", "jsonPath": ".status.decidedBy"},
-        {"name": "Expires", "type": "date", "jsonPath": ".status.expiresAt"},
+        # A string: kubectl shows a date column as an age, and a time to come as <invalid>.
+        {"name": "Expires", "type": "string", "jsonPath": ".status.expiresAt"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
