@@ -1,7 +1,8 @@
 """The kopf shell: events in, pure decisions, API writes out.
 
-kopf watches BackupRestores, their Jobs and BackupRuns, and each event only puts the
-affected restore's key on a work queue. One reconcile per key at a time then reads
+kopf watches BackupRestores, their Jobs, BackupRuns and RestoreApprovals, and each event only
+puts the affected restore's key on a work queue (an approval's key also on a queue of its own, whose
+pass shows the approval's expiry and phase). One reconcile per key at a time then reads
 the world, asks `status.decide()` what follows, and writes it:
 
     event -> queue -> reconcile: read restore, BackupRun, destination, target claim and who
@@ -9,8 +10,10 @@ the world, asks `status.decide()` what follows, and writes it:
                                  runs, or once it ended) its pods
                                  -> planning.plan / status.decide (pure)
                                  -> once, before the Job: may the requester still restore the
-                                    BackupRun, and restore into the target? (SubjectAccessReviews),
-                                    then status.decide again
+                                    BackupRun, and restore into the target? May the approval's
+                                    decider still approve it? (SubjectAccessReviews), then
+                                    status.decide again
+                                 -> claim the approval (a conditional write; Conflict = read again)
                                  -> take the target's Lease (AlreadyExists = read again)
                                  -> create the Job (AlreadyExists = adopt)
                                  -> patch status, only if it changed
@@ -307,7 +310,7 @@ class Operator:
         try:
             return await asyncio.to_thread(reconcile_approval, self.kube, *key)
         except Conflict:
-            return 1.0  # changed meanwhile: its own event queues it again
+            return 1.0  # changed since it was read: look again
 
     async def process(self, key: Key) -> float | None:
         for _ in range(5):
