@@ -45,6 +45,15 @@ RECORDING_POLICIES = (
     ("validatingadmissionpolicies", "daoflow-requester-is-immutable"),
     ("validatingadmissionpolicybindings", "daoflow-requester-is-immutable"),
 )
+# Likewise for the decider of a RestoreApproval (manifests/approvals.yaml): status.decidedBy is the API
+# server's word only where these exist, and existed before the approval.
+DECISION_POLICIES = (
+    ("mutatingadmissionpolicies", "daoflow-record-decider"),
+    ("mutatingadmissionpolicybindings", "daoflow-record-decider"),
+    ("validatingadmissionpolicies", "daoflow-approval-decision"),
+    ("validatingadmissionpolicybindings", "daoflow-approval-decision"),
+)
+APPROVE = "approve"
 _KINDS = {"mutatingadmissionpolicies": "MutatingAdmissionPolicy",
           "mutatingadmissionpolicybindings": "MutatingAdmissionPolicyBinding",
           "validatingadmissionpolicies": "ValidatingAdmissionPolicy",
@@ -68,6 +77,7 @@ class Review:
     requester: Requester | None = None
     caller: str = ""  # without a requester: the caller's own name, when known
     group: str = ""
+    verb: str = VERB
 
     @property
     def who(self) -> str:
@@ -76,7 +86,7 @@ class Review:
     @property
     def needs(self) -> str:
         resource = f"{self.resource}.{self.group}" if self.group else self.resource
-        return f"the verb {VERB} on {resource}/{self.name} in namespace {self.namespace}"
+        return f"the verb {self.verb} on {resource}/{self.name} in namespace {self.namespace}"
 
 
 @dataclass(frozen=True)
@@ -98,13 +108,19 @@ def requester(restore: dict) -> Requester | None:
     user = annotations.get(REQUESTED_BY)
     if not user:
         return None
+    return Requester(user, parse_groups(annotations.get(REQUESTED_BY_GROUPS)))
+
+
+def parse_groups(text: str | None) -> tuple[str, ...]:
+    """Groups recorded at admission as a JSON list; none when missing or malformed (a review can then
+    only allow less, never more)."""
     try:
-        groups = json.loads(annotations.get(REQUESTED_BY_GROUPS) or "[]")
+        groups = json.loads(text or "[]")
     except ValueError:
-        groups = []
+        return ()
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-        groups = []
-    return Requester(user, tuple(groups))
+        return ()
+    return tuple(groups)
 
 
 def review(namespace: str, target: dict | None, requester: Requester | None = None) -> Review | None:
@@ -121,6 +137,11 @@ def recheck(namespace: str, run_name: str, requester: Requester) -> Review:
     return Review(namespace, "backupruns", run_name, "", requester, group=GROUP)
 
 
+def approver_recheck(namespace: str, approval_name: str, decider: Requester) -> Review:
+    """The question asked at dispatch of a restore with an approval: may its decider still approve it?"""
+    return Review(namespace, "restoreapprovals", approval_name, "", decider, group=GROUP, verb=APPROVE)
+
+
 def parse_time(value: str | None) -> datetime | None:
     """An API timestamp (RFC 3339); None when absent or malformed."""
     try:
@@ -129,27 +150,29 @@ def parse_time(value: str | None) -> datetime | None:
         return None
 
 
-def untrusted(restore: dict, policies: dict[str, dict | None]) -> str | None:
-    """Why the requester annotations are not the API server's word, or None when they are.
+def untrusted(restore: dict, policies: dict[str, dict | None], names=RECORDING_POLICIES,
+              field: str = f"annotation {REQUESTED_BY}", where: str = "manifests/scopes.yaml") -> str | None:
+    """Why the requester annotations (or, with DECISION_POLICIES, an approval's decidedBy) are not the
+    API server's word, or None when they are.
 
-    `policies`: RECORDING_POLICIES' objects as read, by resource (None: it does not exist).
+    `policies`: the objects of `names` as read, by resource (None: it does not exist).
     """
     created = parse_time((restore.get("metadata") or {}).get("creationTimestamp"))
-    for resource, name in RECORDING_POLICIES:
+    kind = restore.get("kind") or "BackupRestore"
+    for resource, name in names:
         obj = policies.get(resource)
-        what = f"the {_KINDS[resource]} {name} (manifests/scopes.yaml)"
+        what = f"the {_KINDS[resource]} {name} ({where})"
         if obj is None:
-            return f"{what} is not installed, so the annotation {REQUESTED_BY} is whatever the client wrote"
+            return f"{what} is not installed, so the {field} is whatever the client wrote"
         since = parse_time((obj.get("metadata") or {}).get("creationTimestamp"))
         if created is None or since is None or since >= created:
-            return f"{what} was installed after this BackupRestore was created, so its annotation " \
-                   f"{REQUESTED_BY} may be whatever the client wrote"
+            return f"{what} was installed after this {kind} was created, so its {field} may be whatever the client wrote"
     return None
 
 
 def sar_body(question: Review) -> dict:
     """A SubjectAccessReview for the requester, or a SelfSubjectAccessReview without one."""
-    attributes = {"namespace": question.namespace, "verb": VERB, "group": question.group, "resource": question.resource,
+    attributes = {"namespace": question.namespace, "verb": question.verb, "group": question.group, "resource": question.resource,
                   "name": question.name}
     if question.requester is None:
         return {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
@@ -211,3 +234,14 @@ def could_not_ask(question: Review, error: str) -> Authorization:
     """The CLI's preview, when its question failed: unknown, which does not block a preview."""
     return Authorization("unknown", f"could not check whether {question.who} may restore into "
                                     f"{targets.describe(question.target_key)}: {error}")
+
+
+def judge_approver(question: Review, answer: Answer) -> Authorization:
+    """The decider's right, asked again at dispatch, from the API server's answer. Anything but allowed is refused."""
+    if answer.allowed:
+        return Authorization("ok", f"{question.who} may still approve RestoreApproval {question.name} "
+                                   f"({question.needs}; checked again at dispatch)")
+    extra = "; ".join(x for x in (answer.reason, answer.error) if x)
+    return Authorization("fail", f"{question.who}, who decided RestoreApproval {question.name}, may no longer approve "
+                                 f"it: that needs {question.needs} (the scope approvals:decide), checked again at "
+                                 "dispatch, right before the Job would have been created" + (f"; {extra}" if extra else ""))

@@ -2,12 +2,17 @@
 
     daoflow backup list
     daoflow backup restore --backup-run-id NAME --dry-run [--json]
-    daoflow backup restore --backup-run-id NAME --yes [--wait]
+    daoflow backup restore --backup-run-id NAME --yes [--wait] [--approval NAME]
+    daoflow approval request --backup-run-id NAME [--reason TEXT] [--ttl 7h] [--json]
+    daoflow approval list | show NAME [--json]
+    daoflow approval approve|reject NAME [--comment TEXT]
 
 A dry run reads the BackupRun, its destination and the target claim, asks whether you may restore
 into the target (a SelfSubjectAccessReview), and prints the plan computed by the same function the
 operator uses; it writes nothing. A real restore creates a
-BackupRestore, and the operator does the rest.
+BackupRestore, and the operator does the rest. An approval request creates a RestoreApproval from the
+dry-run plan's template; someone else decides it (its status subresource), and the API server
+refuses what it must (docs/api.md, "RestoreApproval").
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ EXIT_NOT_FOUND = 3
 EXIT_NO_CLUSTER = 4
 EXIT_FORBIDDEN = 5
 EXIT_API_ERROR = 6
+EXIT_APPROVAL_REJECTED = 7  # --wait: the restore's approval was rejected
+EXIT_APPROVAL_EXPIRED = 8  # --wait: it expired before the restore ran
 
 
 class CliError(Exception):
@@ -75,14 +82,15 @@ def _api_call(call, what: str):
     except ApiException as exc:
         if exc.status == 404:
             raise CliError(f"{what}: not found", EXIT_NOT_FOUND)
+        reason = ""
+        try:
+            reason = json.loads(exc.body).get("message", "")
+        except (TypeError, ValueError, AttributeError):
+            pass
         if exc.status in (401, 403):
-            reason = ""
-            try:
-                reason = json.loads(exc.body).get("message", "")
-            except (TypeError, ValueError):
-                pass
             raise CliError(f"{what}: forbidden: {reason or exc.reason}", EXIT_FORBIDDEN)
-        raise CliError(f"{what}: the API server answered {exc.status} {exc.reason}", EXIT_API_ERROR)
+        raise CliError(f"{what}: the API server answered {exc.status} {exc.reason}" + (f": {reason}" if reason else ""),
+                       EXIT_API_ERROR)
     except (HTTPError, OSError) as exc:
         raise CliError(f"cannot reach the Kubernetes API server: {exc.__class__.__name__}", EXIT_NO_CLUSTER)
 
@@ -170,6 +178,7 @@ def restore_spec(args) -> models.BackupRestoreSpec:
         "target": target,
         "existingData": args.existing_data,
         "expectedPlanHash": args.expected_plan_hash,
+        "approvalRef": {"name": args.approval} if getattr(args, "approval", None) else None,
     })
 
 
@@ -269,6 +278,9 @@ def create_restore(client, namespace: str, spec: models.BackupRestoreSpec, name:
                      "creating the BackupRestore")
 
 
+APPROVAL_EXITS = {"ApprovalRejected": EXIT_APPROVAL_REJECTED, "ApprovalExpired": EXIT_APPROVAL_EXPIRED}
+
+
 def wait_for(client, namespace: str, name: str, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     seen_phase, seen_audit = None, 0
@@ -282,13 +294,16 @@ def wait_for(client, namespace: str, name: str, timeout: float) -> int:
         phase = status.get("phase")
         if phase != seen_phase and phase:
             print(f"phase: {phase}")
+            if phase == "AwaitingApproval":
+                waiting = next((c for c in status.get("conditions", []) if c["type"] == "Approved"), {})
+                print(f"waiting for approval: {escape(str(waiting.get('message')))}")
             seen_phase = phase
         if status.get("completionTime"):
             ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
             if ready.get("status") == "True":
                 return EXIT_OK
             print(f"error: restore {name} ended {phase}: {escape(str(ready.get('reason')))}: {escape(str(ready.get('message')))}", file=sys.stderr)
-            return EXIT_RESTORE_FAILED
+            return APPROVAL_EXITS.get(ready.get("reason"), EXIT_RESTORE_FAILED)
         time.sleep(1)
     print(f"error: timed out after {timeout:.0f}s; the restore goes on: kubectl describe backuprestore {name} "
           f"-n {namespace}", file=sys.stderr)
@@ -319,6 +334,122 @@ def cmd_list(args) -> int:
     return EXIT_OK
 
 
+def parse_ttl(text: str) -> int:
+    """Seconds from 7h, 30m, 90s, 1d or a bare number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise CliError(f"--ttl {text!r}: use a duration such as 7h, 30m or 600", EXIT_USAGE)
+
+
+def cmd_approval_request(args) -> int:
+    namespace = _namespace(args)
+    spec = restore_spec(argparse.Namespace(**{**vars(args), "dry_run": True, "expected_plan_hash": None,
+                                              "approval": None}))
+    client = _client(args)
+    result = compute_plan(client, namespace, spec)
+    # Whether you yourself may restore into the target is not part of the plan: whoever runs it is checked then.
+    if result.verdict.outcome != "ready" and result.verdict.reason != planning.TARGET_NOT_AUTHORIZED:
+        raise CliError(f"the plan is not ready, so there is nothing to approve: {result.verdict.reason}: "
+                       f"{result.verdict.message}", EXIT_RESTORE_FAILED)
+    template = result.plan.approval_request
+    approval_spec = models.RestoreApprovalSpec(backup_run_ref=template.backup_run_ref, plan_hash=template.plan_hash,
+                                               reason=args.reason or "", ttl_seconds=parse_ttl(args.ttl))
+    import kubernetes
+
+    body = {"apiVersion": models.API_VERSION, "kind": "RestoreApproval",
+            "metadata": {"namespace": namespace, **({"name": args.name} if args.name else
+                                                    {"generateName": spec.backup_run_ref.name[:200] + "-approval-"})},
+            "spec": approval_spec.dump()}
+    api = kubernetes.client.CustomObjectsApi(client)
+    created = _api_call(lambda: api.create_namespaced_custom_object(models.GROUP, models.VERSION, namespace,
+                                                                    "restoreapprovals", body),
+                        "creating the RestoreApproval")
+    name = created["metadata"]["name"]
+    if args.json:
+        json.dump({"name": name, "namespace": namespace, "planHash": template.plan_hash,
+                   "backupRunRef": template.backup_run_ref.dump(), "requiredScope": template.required_scope,
+                   "ttlSeconds": approval_spec.ttl_seconds}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    print(f"restoreapproval.{models.GROUP}/{name} created")
+    print(f"plan hash: {template.plan_hash}")
+    print(f"ask someone with the scope {template.required_scope} to run: daoflow approval approve {name} "
+          f"-n {namespace}")
+    return EXIT_OK
+
+
+def _approval_row(item: dict) -> dict:
+    st = item.get("status") or {}
+    return {"name": item["metadata"]["name"], "decision": st.get("decision") or "-",
+            "backupRun": (item.get("spec") or {}).get("backupRunRef", {}).get("name", "-"),
+            "planHash": (item.get("spec") or {}).get("planHash", "-"),
+            "requestedBy": ((item["metadata"].get("annotations") or {}).get(access.REQUESTED_BY) or "-"),
+            "decidedBy": st.get("decidedBy") or "-", "expiresAt": st.get("expiresAt") or "-",
+            "phase": st.get("phase") or "-"}
+
+
+def cmd_approval_list(args) -> int:
+    import kubernetes
+
+    namespace = _namespace(args)
+    api = kubernetes.client.CustomObjectsApi(_client(args))
+    items = _api_call(lambda: api.list_namespaced_custom_object(models.GROUP, models.VERSION, namespace,
+                                                                "restoreapprovals"),
+                      f"listing RestoreApprovals in namespace {namespace!r}")["items"]
+    rows = [_approval_row(i) for i in items]
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    table = [("NAME", "DECISION", "BACKUPRUN", "PLAN", "REQUESTED-BY", "DECIDED-BY", "EXPIRES", "PHASE")]
+    table += [(r["name"], r["decision"], r["backupRun"], r["planHash"][:12], r["requestedBy"], r["decidedBy"],
+               r["expiresAt"], r["phase"]) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for row in table:
+        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+def cmd_approval_show(args) -> int:
+    namespace = _namespace(args)
+    item = _custom(_client(args), namespace, "restoreapprovals", args.approval_name, "RestoreApproval")
+    if args.json:
+        json.dump(item, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    row = _approval_row(item)
+    st, spec = item.get("status") or {}, item.get("spec") or {}
+    for label, value in (("Name", row["name"]), ("BackupRun", row["backupRun"]), ("Plan hash", row["planHash"]),
+                         ("Reason", spec.get("reason") or "-"), ("Requested by", row["requestedBy"]),
+                         ("Decision", row["decision"]), ("Comment", st.get("comment") or "-"),
+                         ("Decided by", row["decidedBy"]), ("Expires", row["expiresAt"]), ("Phase", row["phase"]),
+                         ("Used by", (st.get("usedBy") or {}).get("name") or "-")):
+        print(f"{label + ':':<14}{escape(str(value))}")
+    return EXIT_OK
+
+
+def cmd_approval_decide(args) -> int:
+    """Writes the decision through the status subresource; the API server records who decided, and
+    refuses self-approval, a missing verb approve, or a second decision (one line, EXIT_FORBIDDEN)."""
+    import kubernetes
+
+    namespace = _namespace(args)
+    api = kubernetes.client.CustomObjectsApi(_client(args))
+    decision = "Approved" if args.command == "approve" else "Rejected"
+    body = {"status": {"decision": decision, **({"comment": args.comment} if args.comment else {})}}
+    decided = _api_call(lambda: api.patch_namespaced_custom_object_status(
+        models.GROUP, models.VERSION, namespace, "restoreapprovals", args.approval_name, body,
+        _content_type="application/merge-patch+json"), f"deciding RestoreApproval {args.approval_name!r}")
+    st = decided.get("status") or {}
+    print(f"restoreapproval.{models.GROUP}/{args.approval_name} {st.get('decision', decision).lower()} by "
+          f"{escape(str(st.get('decidedBy')))}")
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     # Cluster options are accepted before or after the subcommand, as kubectl does.
     common = argparse.ArgumentParser(add_help=False)
@@ -346,7 +477,33 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument("--target-pvc", metavar="CLAIM", help="restore into this PersistentVolumeClaim")
     restore.add_argument("--target-database-secret", metavar="SECRET", help="restore into the database of this Secret")
     restore.add_argument("--expected-plan-hash", metavar="SHA256", help="fail with PlanDrifted if the plan changed")
+    restore.add_argument("--approval", metavar="NAME", help="the RestoreApproval of this plan (spec.approvalRef); "
+                         "the restore waits until it is decided")
     restore.set_defaults(func=cmd_restore)
+
+    approval = sub.add_parser("approval", help="approval gates").add_subparsers(dest="command", required=True)
+    request = approval.add_parser("request", help="ask for an approval of a restore plan", parents=[common])
+    request.add_argument("--backup-run-id", required=True, metavar="NAME", help="the BackupRun to restore")
+    request.add_argument("--reason", help="why the restore is needed")
+    request.add_argument("--ttl", default="7h", help="how long the approval may be used: 7h, 30m, 600 (default 7h)")
+    request.add_argument("--name", help="name of the RestoreApproval (default: generated)")
+    request.add_argument("--existing-data", choices=["FailIfNotEmpty", "Replace", "Merge"], default="FailIfNotEmpty")
+    request.add_argument("--target-pvc", metavar="CLAIM", help="the restore's target PersistentVolumeClaim")
+    request.add_argument("--target-database-secret", metavar="SECRET", help="the restore's target database's Secret")
+    request.add_argument("--json", action="store_true")
+    request.set_defaults(func=cmd_approval_request)
+    lst = approval.add_parser("list", help="list RestoreApprovals", parents=[common])
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_approval_list)
+    show = approval.add_parser("show", help="show one RestoreApproval", parents=[common])
+    show.add_argument("approval_name", metavar="NAME")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_approval_show)
+    for verb in ("approve", "reject"):
+        decide = approval.add_parser(verb, help=f"{verb} a RestoreApproval (scope approvals:decide)", parents=[common])
+        decide.add_argument("approval_name", metavar="NAME")
+        decide.add_argument("--comment", help="why")
+        decide.set_defaults(func=cmd_approval_decide)
     return p
 
 

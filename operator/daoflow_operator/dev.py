@@ -142,9 +142,10 @@ def install(kubeconfig: str, samples: bool = True, volume_root: Path | None = No
 
     kubectl(kubeconfig, "apply", "-f", str(REPO / "crds"))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-            *(f"crd/{p}.backup.daoflow.dev" for p in ("backupruns", "backupdestinations", "backuprestores")))
+            *(f"crd/{p}.backup.daoflow.dev" for p in ("backupruns", "backupdestinations", "backuprestores", "restoreapprovals")))
     kubectl(kubeconfig, "apply", "-f", str(REPO / "manifests" / "rbac.yaml"), "-f", str(REPO / "manifests" / "scopes.yaml"),
-            "-f", str(REPO / "manifests" / "pod-trust.yaml"))
+            "-f", str(REPO / "manifests" / "pod-trust.yaml"), "-f", str(REPO / "manifests" / "approvals.yaml"),
+            "-f", str(REPO / "manifests" / "require-approval.yaml"))
     image = runner_image or os.environ.get("DAOFLOW_RUNNER_IMAGE") or Config().runner_image
     kubectl(kubeconfig, "apply", "-f", "-", input=operator_limits(image))
     if samples:

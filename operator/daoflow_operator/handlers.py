@@ -1,7 +1,8 @@
 """The kopf shell: events in, pure decisions, API writes out.
 
-kopf watches BackupRestores, their Jobs and BackupRuns, and each event only puts the
-affected restore's key on a work queue. One reconcile per key at a time then reads
+kopf watches BackupRestores, their Jobs, BackupRuns and RestoreApprovals, and each event only
+puts the affected restore's key on a work queue (an approval's key also on a queue of its own, whose
+pass shows the approval's expiry and phase). One reconcile per key at a time then reads
 the world, asks `status.decide()` what follows, and writes it:
 
     event -> queue -> reconcile: read restore, BackupRun, destination, target claim and who
@@ -9,8 +10,10 @@ the world, asks `status.decide()` what follows, and writes it:
                                  runs, or once it ended) its pods
                                  -> planning.plan / status.decide (pure)
                                  -> once, before the Job: may the requester still restore the
-                                    BackupRun, and restore into the target? (SubjectAccessReviews),
-                                    then status.decide again
+                                    BackupRun, and restore into the target? May the approval's
+                                    decider still approve it? (SubjectAccessReviews), then
+                                    status.decide again
+                                 -> claim the approval (a conditional write; Conflict = read again)
                                  -> take the target's Lease (AlreadyExists = read again)
                                  -> create the Job (AlreadyExists = adopt)
                                  -> patch status, only if it changed
@@ -41,7 +44,7 @@ from typing import Awaitable, Callable
 
 import kopf
 
-from . import access, jobs, planning, pods, status as status_, targets
+from . import access, approvals, jobs, planning, pods, status as status_, targets
 from .api import models
 from .config import Config
 from .kube import Conflict, JobRefused, Kube, api_client_from_env
@@ -101,6 +104,8 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
         target_key = targets.key(planning.planned_target(spec, observed.run).dump())
         if not spec.dry_run and succeeded and target_key:
             observed.target = observe_target(kube, restore, target_key)
+        if not spec.dry_run and spec.approval_ref is not None:
+            observed.approval = kube.get_approval(namespace, spec.approval_ref.name)
     else:
         job = kube.get_job(namespace, current["jobRef"]["name"])
         owned = job is not None and _owned(job, restore)
@@ -128,11 +133,14 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     at = now()
     decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
                               poll_interval=config.pod_start_poll_seconds)
-    if decision.review is not None or decision.recheck is not None:
+    if decision.review is not None or decision.recheck is not None or decision.approver is not None:
         # Once, right before the Job would be created (or a dry run's plan is done): may the
-        # requester (still) restore the BackupRun, and into the target? Then decide again, with the answers.
+        # requester (still) restore the BackupRun, and into the target? May the approval's decider still
+        # approve it? Then decide again, with the answers.
         observed.still_authorized, observed.authorization = authorize(kube, restore, decision.recheck,
                                                                       decision.review)
+        if decision.approver is not None:
+            observed.approver_authorized = authorize_approver(kube, observed.approval, decision.approver)
         decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
                                   poll_interval=config.pod_start_poll_seconds)
     if status_.needs_finalizer(restore, decision.status):
@@ -141,6 +149,10 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
         if written is None:
             return None
         restore["metadata"] = written["metadata"]
+    if decision.claim_approval is not None:
+        # Before the target and the Job: of two restores racing for one approval, the conditional write
+        # lets one through; the other gets Conflict, reads again and finds the approval used.
+        kube.claim_approval(namespace, *decision.claim_approval)
     if decision.acquire is not None and decision.acquire.state != "ours":
         # Before the Job: a Job exists only while its restore holds the target. A crash right after
         # this leaves the Lease with this restore, and the next pass finds it "ours".
@@ -207,6 +219,19 @@ def let_go(kube: Kube, restore: dict, status: dict, observed: status_.Observatio
             return False
     kube.set_finalizer(restore, status_.FINALIZER, False)
     return True
+def reconcile_approval(kube: Kube, namespace: str, name: str,
+                       now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> float | None:
+    """Shows an approval's expiry, when its decision was seen and its phase (Expired once it expired
+    unused). Returns when to look again: at its expiry."""
+    approval = kube.get_approval(namespace, name)
+    if approval is None:
+        return None
+    patch, again = approvals.status_patch(approval, now())
+    if patch:
+        kube.patch_approval_status(namespace, name, {"metadata": {"resourceVersion":
+                                                                  approval["metadata"]["resourceVersion"]},
+                                                     "status": patch})
+    return again
 
 
 def authorize(kube: Kube, restore: dict, recheck: access.Review | None, question: access.Review | None
@@ -220,6 +245,15 @@ def authorize(kube: Kube, restore: dict, recheck: access.Review | None, question
                 question and access.nobody(question, problem))
     return (recheck and access.judge_recheck(recheck, kube.review_access(recheck)),
             question and access.judge(question, kube.review_access(question)))
+
+
+def authorize_approver(kube: Kube, approval: dict, question: access.Review) -> planning.Authorization:
+    """The decider's `approve`, asked again (a SubjectAccessReview), if the decider is the API server's word."""
+    problem = access.untrusted(approval, kube.policies(access.DECISION_POLICIES), access.DECISION_POLICIES,
+                               "status.decidedBy", "manifests/approvals.yaml")
+    if problem is not None:
+        return planning.Authorization("fail", f"the decider of RestoreApproval {question.name} is unknown: {problem}")
+    return access.judge_approver(question, kube.review_access(question))
 
 
 def observe_target(kube: Kube, restore: dict, target_key: str) -> targets.Holder:
@@ -333,6 +367,7 @@ class Operator:
         self.kube = kube
         self.config = config
         self.queue = WorkQueue(self.process)
+        self.approvals = WorkQueue(self.process_approval, workers=1)
         self.waits: dict[Key, int] = {}
         # The runner's report of a cancelled restore, as a pod event showed it: (restore uid, message).
         self.reports: dict[Key, tuple[str, str]] = {}
@@ -341,6 +376,12 @@ class Operator:
         attempt = self.waits.get(key, 0)
         self.waits[key] = attempt + 1
         return min(self.config.wait_backoff_min * (2 ** attempt), self.config.wait_backoff_max)
+
+    async def process_approval(self, key: Key) -> float | None:
+        try:
+            return await asyncio.to_thread(reconcile_approval, self.kube, *key)
+        except Conflict:
+            return 1.0  # changed since it was read: look again
 
     async def process(self, key: Key) -> float | None:
         for _ in range(5):
@@ -385,6 +426,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     if getattr(memo, "operator", None) is None:  # tests may bring their own API client
         memo.operator = Operator(Kube(api_client_from_env()), Config.from_env())
     memo.worker = asyncio.create_task(memo.operator.queue.run())
+    memo.approval_worker = asyncio.create_task(memo.operator.approvals.run())
     logger.info("daoflow-operator started; runner image %s", memo.operator.config.runner_image)
 
 
@@ -393,6 +435,9 @@ async def cleanup(memo: kopf.Memo, **_) -> None:
     if getattr(memo, "worker", None):
         memo.operator.queue.stop()
         memo.worker.cancel()
+    if getattr(memo, "approval_worker", None):
+        memo.operator.approvals.stop()
+        memo.approval_worker.cancel()
 
 
 @kopf.index(models.GROUP, models.VERSION, "backuprestores")
@@ -417,6 +462,23 @@ def restores_by_target(namespace, name, status, **_):
 def restores_being_deleted(namespace, name, uid, meta, **_):
     """Restores being deleted, by uid (their pods' label), so their pods' events reach them."""
     return {(namespace, uid): name} if meta.get("deletionTimestamp") else None
+
+
+@kopf.index(models.GROUP, models.VERSION, "backuprestores")
+def restores_by_approval(namespace, name, spec, status, **_):
+    """Unfinished restores by the RestoreApproval they name, so a decision wakes them."""
+    approval = (spec.get("approvalRef") or {}).get("name")
+    if status_.is_final(status) or not approval:
+        return None
+    return {(namespace, approval): name}
+
+
+@kopf.on.event(models.GROUP, models.VERSION, "restoreapprovals")
+async def approval_event(event, namespace, name, restores_by_approval: kopf.Index, memo: kopf.Memo, **_) -> None:
+    for restore in restores_by_approval.get((namespace, name), []):
+        memo.operator.queue.add((namespace, restore))
+    if event.get("type") != "DELETED":
+        memo.operator.approvals.add((namespace, name))
 
 
 @kopf.on.event(models.GROUP, models.VERSION, "backuprestores")

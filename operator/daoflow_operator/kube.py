@@ -138,6 +138,33 @@ class Kube:
     def get_destination(self, namespace: str, name: str) -> dict | None:
         return self._custom("backupdestinations", namespace, name)
 
+    def get_approval(self, namespace: str, name: str) -> dict | None:
+        return self._custom("restoreapprovals", namespace, name)
+
+    def patch_approval_status(self, namespace: str, name: str, body: dict) -> dict:
+        """A merge patch of an approval's status; conditional when the body carries a resourceVersion."""
+        return self._retry(
+            lambda: self.custom.patch_namespaced_custom_object_status(
+                models.GROUP, models.VERSION, namespace, "restoreapprovals", name, body,
+                _content_type="application/merge-patch+json"),
+            f"patch status of restoreapproval {namespace}/{name}")
+
+    def claim_approval(self, namespace: str, name: str, body: dict) -> None:
+        """Marks the approval used (status.usedBy), conditional on the resourceVersion that was read.
+
+        Conflict when it changed since (another restore may have claimed it): the caller reads again.
+        A refusal by the admission policy daoflow-approval-decision (already used, or not approved) is a
+        Conflict too: the next read shows why.
+        """
+        try:
+            self.patch_approval_status(namespace, name, body)
+        except ApiException as exc:
+            if exc.status in (403, 422) and "daoflow-approval-decision" in (exc.body or ""):
+                raise Conflict(f"the claim of restoreapproval {namespace}/{name} was refused: HTTP {exc.status}") \
+                    from exc
+            raise
+        log.info("RestoreApproval %s/%s used by BackupRestore %s", namespace, name, body["status"]["usedBy"]["name"])
+
     def get_job(self, namespace: str, name: str) -> dict | None:
         job = self._get_or_none(lambda: self.batch.read_namespaced_job(name, namespace), f"get job {namespace}/{name}")
         return self.client.sanitize_for_serialization(job) if job is not None else None
@@ -227,10 +254,14 @@ class Kube:
     def requester_policies(self) -> dict[str, dict | None]:
         """The admission policies and bindings that record a restore's requester (access.RECORDING_POLICIES),
         by resource; None for one that does not exist."""
+        return self.policies(access.RECORDING_POLICIES)
+
+    def policies(self, names: tuple[tuple[str, str], ...]) -> dict[str, dict | None]:
+        """Admission policies and bindings by (resource, name), keyed by resource; None for one that does not exist."""
         return {resource: self._get_or_none(
                     lambda: self.custom.get_cluster_custom_object("admissionregistration.k8s.io", "v1", resource, name),
                     f"get {resource} {name}")
-                for resource, name in access.RECORDING_POLICIES}
+                for resource, name in names}
 
     def review_access(self, question: access.Review) -> access.Answer:
         """The API server's answer to a SubjectAccessReview of the requester's rights on the target."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import access, planning, pods as pods_, targets
+from . import access, approvals, planning, pods as pods_, targets
 from .api import models
 
 AUDIT_LIMIT = 64
@@ -37,6 +37,7 @@ STARTED = "Started"
 ARTIFACT_VERIFIED = "ArtifactVerified"
 SUCCEEDED = "Succeeded"
 READY = "Ready"
+APPROVED = "Approved"  # only on a restore with spec.approvalRef
 
 # Reasons the operator itself gives (planning.py has those of validation).
 JOB_CREATED = "JobCreated"
@@ -84,6 +85,11 @@ class Observation:
     job_refused: tuple[str, str] | None = None
     # Pods that carry the Job's labels but are not its own (pods.judge): never counted, only named.
     untrusted_pods: list[pods_.Untrusted] = field(default_factory=list)
+    # The RestoreApproval of spec.approvalRef, read before the Job exists (None: it does not exist).
+    approval: dict | None = None
+    # Whether its decider may still approve it, asked with `authorization` when the Decision says
+    # `approver` (None: not asked).
+    approver_authorized: planning.Authorization | None = None
 
 
 @dataclass
@@ -109,6 +115,11 @@ class Decision:
     review: access.Review | None = None
     # Likewise, on the same pass: may the requester still restore the BackupRun? (Observation.still_authorized)
     recheck: access.Review | None = None
+    # And may the approval's decider still approve it? (Observation.approver_authorized)
+    approver: access.Review | None = None
+    # Mark the approval used by this restore, before the target is taken and the Job created:
+    # (approval name, conditional status patch). A conflict means another restore was quicker.
+    claim_approval: tuple[str, dict] | None = None
 
 
 def fmt_time(now: datetime) -> str:
@@ -220,6 +231,8 @@ def derive_phase(status: dict) -> str:
         return "Rejected"
     if cond(READY).get("reason") == "Planned":
         return "Planned"
+    if cond(READY).get("reason") in (approvals.AWAITING_APPROVAL, approvals.APPROVAL_NOT_FOUND):
+        return "AwaitingApproval"
     if started.get("status") == "True":
         return "Running" if started.get("reason") == JOB_RUNNING else "Queued"
     if cond(READY).get("reason") == TARGET_BUSY:
@@ -469,6 +482,29 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                 audit(status, now, "validate", "ok", verdict.message)
                 events.append(Event("Normal", "Validated", verdict.message))
             set_condition(status, VALIDATED, "True", "Validated", verdict.message, generation, now)
+            gate = None
+            if spec.approval_ref is not None:
+                gate = approvals.judge(observed.approval, spec.approval_ref.name, spec.backup_run_ref.name,
+                                       result.plan.plan_hash, requester, restore["metadata"].get("uid", ""), now)
+                if gate.state == "reject":
+                    set_condition(status, APPROVED, "False", gate.reason, gate.message, generation, now)
+                    return reject(gate.reason, gate.message, "queue")
+                if gate.state == "await":
+                    # Woken by the approval's events (handlers.restores_by_approval); the deadline and
+                    # the expiry send none, so look again then.
+                    if (get_condition(old, APPROVED) or {}).get("reason") != gate.reason:
+                        audit(status, now, "queue", "waiting", f"restore request{by} recorded; {gate.message}")
+                        events.append(Event("Normal" if gate.reason == approvals.AWAITING_APPROVAL else "Warning",
+                                            gate.reason, gate.message))
+                    set_condition(status, APPROVED, "Unknown", gate.reason, gate.message, generation, now)
+                    set_condition(status, READY, "False", gate.reason, gate.message, generation, now)
+                    until_expiry = (gate.expires - now).total_seconds() if gate.expires else left
+                    decision.requeue_after = max(min(left, until_expiry), 1.0)
+                    status["observedGeneration"] = generation
+                    status["phase"] = derive_phase(status)
+                    return decision
+                # Approved as far as can be told without asking; the decider's right and the claim follow.
+                set_condition(status, APPROVED, "True", approvals.APPROVED, gate.message, generation, now)
             if target.state == "busy":
                 # Queued behind the restore that holds the target. An event and an audit entry when
                 # it starts waiting, or waits for another holder; nothing when nothing changed.
@@ -489,14 +525,22 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                 status["observedGeneration"] = generation
                 status["phase"] = derive_phase(status)
                 return decision
-            if ask or ask_again:
+            approver = access.approver_recheck(namespace, spec.approval_ref.name, gate.decider) \
+                if gate is not None else None
+            ask_approver = approver is not None and observed.approver_authorized is None
+            if ask or ask_again or ask_approver:
                 # Right before the Job: then decide again with the answers.
-                return Decision(status=old, review=question if ask else None, recheck=again if ask_again else None)
+                return Decision(status=old, review=question if ask else None, recheck=again if ask_again else None,
+                                approver=approver if ask_approver else None)
             if observed.still_authorized is None or observed.still_authorized.status != "ok":
                 # Unreachable while the target's check decides for an unknown requester; kept so that
                 # no Job is ever created without a yes.
                 return reject(REQUESTER_NO_LONGER_AUTHORIZED, (observed.still_authorized.detail if
                               observed.still_authorized else "the requester is unknown"), "queue")
+            if gate is not None and observed.approver_authorized.status != "ok":
+                reason = approvals.APPROVER_NO_LONGER_AUTHORIZED
+                set_condition(status, APPROVED, "False", reason, observed.approver_authorized.detail, generation, now)
+                return reject(reason, observed.approver_authorized.detail, "queue")
             if observed.job_refused is not None:
                 # The Job can never be created as it is: Rejected, final, not a retry loop. The target
                 # was taken for it in this pass: let go of it.
@@ -510,6 +554,14 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                 status["observedGeneration"] = generation
                 status["phase"] = derive_phase(status)
                 return decision
+            if gate is not None:
+                status["approvedBy"] = gate.decider.user
+                audit(status, now, "queue", "ok", f"{gate.message}, decided at {gate.decided_time or 'an unrecorded time'}"
+                                                  f"; {observed.approver_authorized.detail}; the approval is used by "
+                                                  "this restore")
+                if not gate.used_by_us:
+                    decision.claim_approval = (spec.approval_ref.name,
+                                               approvals.claim_patch(restore, gate.resource_version, now))
             name = job_name(restore["metadata"]["name"])
             set_condition(status, STARTED, "True", JOB_CREATED, f"Job {name} created", generation, now)
             set_condition(status, READY, "False", "Queued", f"Job {name} created; waiting for its pod to start",

@@ -96,14 +96,15 @@ def test_the_job_shape_policy_follows_the_release_namespace_and_the_image(helm):
     assert deployment["serviceAccountName"] == "daoflow-operator"
 
 
-def test_the_scopes_and_the_pod_trust_policy_are_the_shipped_ones(helm):
+def test_the_scopes_and_the_admission_policies_are_the_shipped_ones(helm):
     kinds = {"ClusterRole", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
              "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"}
     # helm orders objects by kind; the manifest by topic.
     rendered = {(d["kind"], d["metadata"]["name"]): d for d in render(helm) if d["kind"] in kinds
                 and d["metadata"]["name"] != "daoflow-operator" and not d["metadata"]["name"].startswith("daoflow-operator-")}
     assert rendered == {(d["kind"], d["metadata"]["name"]): d
-                        for d in manifest("scopes.yaml") + manifest("pod-trust.yaml")}
+                        for name in ("scopes.yaml", "pod-trust.yaml", "approvals.yaml", "require-approval.yaml")
+                        for d in manifest(name)}
 
 
 def test_dev_install_writes_the_image_it_runs_into_the_policy():

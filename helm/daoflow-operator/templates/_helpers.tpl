@@ -26,6 +26,14 @@ a Role in each when watchNamespaces lists them. Keep equal to manifests/rbac.yam
 - apiGroups: [backup.daoflow.dev]
   resources: [backupruns, backupdestinations]
   verbs: [get, list, watch]
+# Approvals: read; their status written only to mark one used and to show its expiry. An admission
+# policy (manifests/approvals.yaml) refuses any decision written by this ServiceAccount.
+- apiGroups: [backup.daoflow.dev]
+  resources: [restoreapprovals]
+  verbs: [get, list, watch]
+- apiGroups: [backup.daoflow.dev]
+  resources: [restoreapprovals/status]
+  verbs: [get, patch]
 # The restore Job: created once, never updated; deleted only when its pod cannot start.
 # The policy daoflow-operator-job-shape holds what it creates to the runner's shape.
 - apiGroups: [batch]
@@ -58,13 +66,13 @@ a Role in each when watchNamespaces lists them. Keep equal to manifests/rbac.yam
   resources: [subjectaccessreviews]
   verbs: [create]
 # The policies that record the requester (manifests/scopes.yaml): without them its annotations are
-# the client's word, and real restores are refused.
+# the client's word, and real restores are refused. Likewise the decider of an approval (manifests/approvals.yaml).
 - apiGroups: [admissionregistration.k8s.io]
   resources: [mutatingadmissionpolicies, mutatingadmissionpolicybindings]
-  resourceNames: [daoflow-record-requester]
+  resourceNames: [daoflow-record-requester, daoflow-record-decider]
   verbs: [get]
 - apiGroups: [admissionregistration.k8s.io]
   resources: [validatingadmissionpolicies, validatingadmissionpolicybindings]
-  resourceNames: [daoflow-requester-is-immutable]
+  resourceNames: [daoflow-requester-is-immutable, daoflow-approval-decision]
   verbs: [get]
 {{- end -}}

@@ -258,6 +258,10 @@ class BackupRestoreSpec(Model):
                     "restore has succeeded and puts it back on failure; Merge overwrites the archive's files only.")
     expected_plan_hash: Annotated[str, Field(pattern=SHA256_PATTERN)] | None = Field(
         None, description="The planHash of a previewed plan. The restore fails with PlanDrifted if today's plan differs.")
+    approval_ref: LocalObjectReference | None = Field(
+        None, description="A RestoreApproval of this plan. A real restore then waits (AwaitingApproval) until it is "
+                          "decided, and runs only if it is approved, unexpired, unused, for today's plan, and decided "
+                          "by someone other than the requester who still holds the verb approve.")
     active_deadline_seconds: Annotated[int, Field(ge=60, le=604800)] = Field(
         3600, description="How long the restore Job may run before it is stopped and the restore fails.")
     # The floor is low enough for a test to see a deadline pass; the ceiling is the Job's.
@@ -388,4 +392,69 @@ class BackupRestore(Model):
     status: BackupRestoreStatus | None = None
 
 
-KINDS: tuple[type[Model], ...] = (BackupDestination, BackupRun, BackupRestore)
+# -- RestoreApproval -----------------------------------------------------------------------
+
+# DaoFlow's approval requests expire after 7 hours.
+DEFAULT_APPROVAL_TTL_SECONDS = 7 * 3600
+
+
+class RestoreApprovalSpec(Model):
+    x_validations: ClassVar = [
+        cel("self == oldSelf", "spec is immutable: request a new RestoreApproval"),
+    ]
+    backup_run_ref: LocalObjectReference
+    plan_hash: Annotated[str, Field(pattern=SHA256_PATTERN)] = Field(
+        description="The planHash of the dry-run plan that was reviewed.")
+    reason: Annotated[str, Field(max_length=1024)] = ""
+    ttl_seconds: Annotated[int, Field(ge=10, le=604800)] = Field(
+        DEFAULT_APPROVAL_TTL_SECONDS,
+        description="How long the approval may be used, counted from its creationTimestamp (set by the API server): "
+                    "it expires at creationTimestamp + ttlSeconds, decided or not.")
+
+
+class ApprovalUse(Model):
+    name: Name
+    uid: Annotated[str, Field(max_length=128)]
+
+
+class RestoreApprovalStatus(Model):
+    decision: Literal["Approved", "Rejected"] | None = Field(
+        None, description="Written once by the decider through the status subresource; never changed afterwards.")
+    comment: Annotated[str, Field(max_length=1024)] | None = None
+    decided_by: str | None = Field(
+        None, description="The decider as the API server authenticated them: recorded at admission with the decision.")
+    decided_by_groups: str | None = Field(
+        None, description="The decider's groups, a JSON list, recorded with decidedBy.")
+    decided_time: datetime | None = Field(
+        None, description="When the operator first saw the decision (the API server's audit log holds the write).")
+    expires_at: datetime | None = Field(
+        None, description="creationTimestamp + spec.ttlSeconds, written by the operator.")
+    phase: Literal["Pending", "Approved", "Rejected", "Used", "Expired"] | None = None
+    used_by: ApprovalUse | None = Field(
+        None, description="The BackupRestore that consumed the approval: written once, by the operator only.")
+    used_time: datetime | None = None
+
+
+class RestoreApproval(Model):
+    """A request for a second person's approval of one restore plan; decided once, used once."""
+
+    kind: ClassVar = "RestoreApproval"
+    plural: ClassVar = "restoreapprovals"
+    short_names: ClassVar = ["rapproval"]
+    printer_columns: ClassVar = [
+        {"name": "Decision", "type": "string", "jsonPath": ".status.decision"},
+        {"name": "BackupRun", "type": "string", "jsonPath": ".spec.backupRunRef.name"},
+        {"name": "Plan", "type": "string", "jsonPath": ".spec.planHash"},
+        {"name": "Requested-By", "type": "string",
+         "jsonPath": ".metadata.annotations.backup\\.daoflow\\.dev/requested-by"},
+        {"name": "Decided-By", "type": "string", "jsonPath": ".status.decidedBy"},
+        # A string: kubectl shows a date column as an age, and a time to come as <invalid>.
+        {"name": "Expires", "type": "string", "jsonPath": ".status.expiresAt"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    spec: RestoreApprovalSpec
+    status: RestoreApprovalStatus | None = None
+
+
+KINDS: tuple[type[Model], ...] = (BackupDestination, BackupRun, BackupRestore, RestoreApproval)

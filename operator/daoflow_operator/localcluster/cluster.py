@@ -128,6 +128,12 @@ apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
 rules:
+  # Writes of an approval's status with their body: the log shows who wrote a decision.
+  - level: Request
+    verbs: [update, patch]
+    resources:
+      - group: backup.daoflow.dev
+        resources: [restoreapprovals/status]
   # Requests on the project's own kinds only: tests count the operator's writes from this log.
   - level: Metadata
     resources:
