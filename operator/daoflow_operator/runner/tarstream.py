@@ -171,8 +171,11 @@ def open_tar(chunks: Iterator[bytes], budget: m.Budget, room: int = m.PATH_MAX -
     docs/runner.md): `own` (this module, the default) or `libarchive`."""
     name = os.environ.get("DAOFLOW_RUNNER_TAR_READER", "own")
     if name == "libarchive":
-        from .libarchive_reader import LibarchiveStream
-
+        try:  # libarchive-c is a test and benchmark dependency, not in the image
+            from .libarchive_reader import LibarchiveStream
+        except ImportError as exc:
+            raise invalid_plan(f"DAOFLOW_RUNNER_TAR_READER=libarchive needs libarchive-c and "
+                               f"libarchive13: {exc}") from None
         return LibarchiveStream(chunks, budget, room)
     if name != "own":
         raise invalid_plan(f"DAOFLOW_RUNNER_TAR_READER must be one of {', '.join(READERS)}, not {name!r}")
