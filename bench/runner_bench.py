@@ -1,16 +1,23 @@
 """Benchmark of the restore runner against plain `tar -x` on the same artifact.
 
     python bench/runner_bench.py [--size-mib 1024] [--formats tar+zstd,tar+gzip] [--sources s3,file]
+                                 [--readers own,libarchive] [--repeat 3] [--differential]
 
 For each format it builds one artifact of about --size-mib of unpacked data (half random,
 half base64 text, so that compression has work to do), then times:
   runner      python -m daoflow_operator.runner from the local S3 server and from a local file,
               as the Job runs it (durable: it flushes the target volume before committing);
-  runner-nosync  the same from the local file with DAOFLOW_RUNNER_SYNC=false, which is what
-              `tar -x` does (it never flushes), so the ratio compares like with like;
+  runner-nosync  the same from S3 and from the local file with DAOFLOW_RUNNER_SYNC=false, which
+              is what `tar -x` does (it never flushes), so the ratio compares like with like;
   sha256sum + tar -x, and tar -x alone, on the same file.
 It prints MB/s (of unpacked data) and the runner's peak RSS (VmHWM), then the ratios. The artifact is
 read once before each timed run so that every run finds it in the page cache.
+--readers runs the runner rows once per tar reader (DAOFLOW_RUNNER_TAR_READER), in one table.
+--repeat N runs every row N times, in rounds so that a change of load hits all rows alike, and
+keeps each row's fastest run (the least disturbed by other work on the machine).
+--differential also runs, per reader, the differential tar corpus
+(tests/runner/test_runner_differential.py, counting with DAOFLOW_FUZZ_TALLY=1) and the hostile
+archive corpus (tests/runner/test_runner_malicious.py), and prints their counts.
 Timings are printed, never asserted. The S3 source is Versity's S3 gateway, built once from its
 pinned Go module (as the tests do); uploads need boto3 (the test extra).
 """
@@ -22,6 +29,8 @@ import base64
 import hashlib
 import json
 import os
+import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -31,6 +40,7 @@ import time
 
 RUNNER = [sys.executable, "-m", "daoflow_operator.runner"]
 MIB = 1 << 20
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_tree(root: str, size_mib: int) -> int:
@@ -99,6 +109,9 @@ def sha256_file(path: str) -> str:
 
 
 def warm(path: str) -> None:
+    """Before each timed run: the artifact in the page cache, and no dirty data left by
+    earlier runs (or the upload) for this run's flush to wait for."""
+    os.sync()
     with open(path, "rb") as f:
         while f.read(16 * MIB):
             pass
@@ -182,7 +195,7 @@ class S3:
 
 
 def run_runner(workdir: str, artifact: str, fmt: str, source: dict, key: str,
-               sync: bool = True) -> tuple[float, int]:
+               sync: bool = True, reader: str = "own") -> tuple[float, int]:
     target = os.path.join(workdir, "target")
     shutil.rmtree(target, ignore_errors=True)
     os.makedirs(target)
@@ -195,7 +208,8 @@ def run_runner(workdir: str, artifact: str, fmt: str, source: dict, key: str,
     plan_file = os.path.join(workdir, "plan.json")
     with open(plan_file, "w") as f:
         json.dump(plan, f)
-    env = dict(os.environ, DAOFLOW_RUNNER_SYNC="true" if sync else "false")
+    env = dict(os.environ, DAOFLOW_RUNNER_SYNC="true" if sync else "false",
+               DAOFLOW_RUNNER_TAR_READER=reader)
     warm(artifact)
     return timed(RUNNER + ["--plan", plan_file, "--report", os.path.join(workdir, "report.json")],
                  env=env)
@@ -215,15 +229,59 @@ def run_tar(workdir: str, artifact: str, fmt: str, with_sha: bool) -> tuple[floa
     return timed(["sh", "-c", cmd])[0], 0
 
 
+def pytest_counts(args: list[str], env: dict) -> tuple[str, str]:
+    """Run one pytest session; return its last summary line and the corpus line, if any."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *args],
+                          cwd=REPO, env=dict(os.environ, **env), capture_output=True, text=True)
+    lines = proc.stdout.splitlines()
+    corpus = [line for line in lines if re.search(r"archives compared", line)]
+    summary = [line for line in lines if re.search(r"\d+ (passed|failed)", line)]
+    return (summary[-1].strip("= ") if summary else f"pytest exited {proc.returncode}",
+            corpus[-1] if corpus else "")
+
+
+def differential(readers: list[str]) -> list[tuple[str, str, str]]:
+    """Per reader: the differential corpus's counts and the hostile corpus's pass count."""
+    out = []
+    for reader in readers:
+        _, corpus = pytest_counts(
+            [f"tests/runner/test_runner_differential.py::test_differential_corpus[{reader}]"],
+            {"DAOFLOW_FUZZ_TALLY": "1"})
+        found = re.search(r"(\d+) archives compared: (\d+) equal .*?, (\d+) refused, (\d+) different", corpus)
+        diff = ("{1} of {0} equal, {2} refused, {3} different".format(*found.groups())
+                if found else "no result")
+        hostile, _ = pytest_counts(["tests/runner/test_runner_malicious.py", "-k", "hostile"],
+                                   {"DAOFLOW_RUNNER_TAR_READER": reader})
+        out.append((reader, diff, hostile))
+    return out
+
+
+def machine() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.release()}, load {load}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=int(os.environ.get("DAOFLOW_BENCH_SIZE_MIB", "1024")))
     ap.add_argument("--formats", default="tar+zstd,tar+gzip")
     ap.add_argument("--sources", default="s3,file")
     ap.add_argument("--workdir", default=None, help="default: a temporary folder, removed at the end")
+    ap.add_argument("--readers", default="own", help="tar readers of the runner: own,libarchive")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per row; the fastest is kept")
+    ap.add_argument("--differential", action="store_true",
+                    help="also run the differential and hostile corpora per reader")
     args = ap.parse_args()
     formats = args.formats.split(",")
     sources = args.sources.split(",")
+    readers = args.readers.split(",")
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}", flush=True)
     workdir = args.workdir or tempfile.mkdtemp(prefix="daoflow-bench-")
     os.makedirs(workdir, exist_ok=True)
     s3 = None
@@ -237,33 +295,52 @@ def main() -> int:
             for fmt, path in arts.items():
                 s3.upload(os.path.basename(path), path)
         mb = data_bytes / 1e6
-        rows = []
+        runs = []  # (format, reader or "", run name, thunk)
         for fmt, path in arts.items():
-            art_mib = os.path.getsize(path) / MIB
-            results = {}
-            if "s3" in sources:
-                results["runner (S3)"] = run_runner(workdir, path, fmt, {
-                    "type": "s3", "endpoint": s3.endpoint, "bucket": "bench", "region": "us-east-1",
-                    "forcePathStyle": True, "credentialsDir": s3.creds}, os.path.basename(path))
-            if "file" in sources:
-                vol = {"type": "volume", "mountPath": workdir}
-                results["runner (file)"] = run_runner(workdir, path, fmt, vol, os.path.basename(path))
-                results["runner (file, no sync)"] = run_runner(workdir, path, fmt, vol,
-                                                               os.path.basename(path), sync=False)
-            results["sha256sum + tar -x"] = run_tar(workdir, path, fmt, with_sha=True)
-            results["tar -x"] = run_tar(workdir, path, fmt, with_sha=False)
-            base = results["tar -x"][0]
-            for name, (secs, rss) in results.items():
-                rows.append((fmt, f"{art_mib:.0f}", name, secs, mb / secs,
-                             rss / MIB if name.startswith("runner") else None, base / secs))
+            key = os.path.basename(path)
+            for reader in readers:
+                if "s3" in sources:
+                    s3_source = {"type": "s3", "endpoint": s3.endpoint, "bucket": "bench",
+                                 "region": "us-east-1", "forcePathStyle": True,
+                                 "credentialsDir": s3.creds}
+                    runs.append((fmt, reader, "runner (S3)", lambda p=path, f=fmt, r=reader, s=s3_source, k=key:
+                                 run_runner(workdir, p, f, s, k, reader=r)))
+                    runs.append((fmt, reader, "runner (S3, no sync)",
+                                 lambda p=path, f=fmt, r=reader, s=s3_source, k=key:
+                                 run_runner(workdir, p, f, s, k, sync=False, reader=r)))
+                if "file" in sources:
+                    vol = {"type": "volume", "mountPath": workdir}
+                    runs.append((fmt, reader, "runner (file)", lambda p=path, f=fmt, r=reader, v=vol, k=key:
+                                 run_runner(workdir, p, f, v, k, reader=r)))
+                    runs.append((fmt, reader, "runner (file, no sync)",
+                                 lambda p=path, f=fmt, r=reader, v=vol, k=key:
+                                 run_runner(workdir, p, f, v, k, sync=False, reader=r)))
+            runs.append((fmt, "", "sha256sum + tar -x", lambda p=path, f=fmt: run_tar(workdir, p, f, True)))
+            runs.append((fmt, "", "tar -x", lambda p=path, f=fmt: run_tar(workdir, p, f, False)))
+        best: dict[tuple, tuple[float, int]] = {}
+        for round_ in range(args.repeat):  # rounds: a change of load hits every row alike
+            for fmt, reader, name, run in runs:
+                secs, rss = run()
+                old = best.get((fmt, reader, name))
+                best[(fmt, reader, name)] = (min(secs, old[0]), max(rss, old[1])) if old else (secs, rss)
         print()
         print(f"unpacked data: {data_bytes / MIB:.0f} MiB; MB/s counts unpacked bytes; "
-              "ratio = speed / speed of `tar -x` alone (goal >= 0.8)")
-        print(f"{'format':<9} {'artifact MiB':>12}  {'run':<24} {'seconds':>8} {'MB/s':>8} "
-              f"{'peak RSS MiB':>12} {'ratio':>6}")
-        for fmt, size, name, secs, speed, rss, ratio in rows:
-            rss_text = f"{rss:.1f}" if rss is not None else "-"
-            print(f"{fmt:<9} {size:>12}  {name:<24} {secs:8.2f} {speed:8.1f} {rss_text:>12} {ratio:6.2f}")
+              "ratio = speed / speed of `tar -x` alone (goal >= 0.8); "
+              f"fastest of {args.repeat} run(s); after the runs: {machine()}")
+        print(f"{'format':<9} {'artifact MiB':>12}  {'reader':<10} {'run':<24} {'seconds':>8} "
+              f"{'MB/s':>8} {'peak RSS MiB':>12} {'ratio':>6}")
+        for fmt, reader, name, _ in runs:
+            secs, rss = best[(fmt, reader, name)]
+            base = best[(fmt, "", "tar -x")][0]
+            rss_text = f"{rss / MIB:.1f}" if reader else "-"
+            size = os.path.getsize(arts[fmt]) / MIB
+            print(f"{fmt:<9} {size:12.0f}  {reader or '-':<10} {name:<24} {secs:8.2f} {mb / secs:8.1f} "
+                  f"{rss_text:>12} {base / secs:6.2f}")
+        if args.differential:
+            print()
+            print(f"{'reader':<10}  {'differential tar corpus (vs GNU tar)':<44}  hostile archive corpus")
+            for reader, diff, hostile in differential(readers):
+                print(f"{reader:<10}  {diff:<44}  {hostile}")
     finally:
         if s3:
             s3.close()

@@ -13,7 +13,7 @@ command -v pg_restore >/dev/null || need+=(postgresql-client)
 command -v zstd >/dev/null || need+=(zstd)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v openssl >/dev/null || need+=(openssl)  # the local control plane's certificates
-command -v bsdtar >/dev/null || need+=(libarchive-tools)  # the differential tar corpus
+command -v bsdtar >/dev/null || need+=(libarchive-tools)  # the differential tar corpus; brings libarchive13 (libarchive-c)
 
 if ((${#need[@]} == 0)); then
   echo "install-storage: openssl, PostgreSQL, zstd and bsdtar are already installed"

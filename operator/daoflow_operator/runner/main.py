@@ -30,7 +30,7 @@ from .fetch import Decompress, Fetch, Progress, open_s3_artifact, open_volume_ar
 from .plan import Artifact, Plan, PostgresTarget, S3Source, parse_plan
 from .postgres import count_user_objects, read_database_credentials, run_pg_restore, toc_entries
 from .report import Redactor, build_report, escape, progress_line, render_report
-from .tarstream import TarStream
+from .tarstream import open_tar
 from .unpack import Unpacker
 
 DEFAULT_PLAN = "/etc/daoflow/plan/plan.json"
@@ -233,9 +233,8 @@ def execute_volume(plan: Plan, progress: Progress, result: Result, out: Output) 
             inflate = Decompress(decompress.DECOMPRESSORS[plan.artifact.format], reader)
             inflate.start()
             chunks = iter(inflate)
-        stream = TarStream(chunks, budget, room=ws.path_room)
         try:
-            unpacker.unpack(stream)
+            unpacker.unpack(open_tar(chunks, budget, room=ws.path_room))
         except RunnerFailure as failure:
             unpacker.close()
             if failure.reason in CONTENT_FAILURES:

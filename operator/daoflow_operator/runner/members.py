@@ -6,6 +6,9 @@ feeds them, and the unpacker (unpack.py) acts on what they return.
 Why our own header parser rather than `tarfile`: tarfile keeps every member in a list (memory
 grows with the member count) and reads pax and GNU long-name headers whole, whatever size they
 declare. Here each header kind has a bound, and the member list is never kept.
+Why not libarchive's reader, which streams with bounded memory: it was measured against this one
+(docs/runner.md, "Choosing the tar reader"). It is no faster here, and it applies pax records,
+long names and typeflags before these rules can see them, so some of them cannot be applied.
 """
 
 from __future__ import annotations

@@ -6,10 +6,13 @@ archive. Every member it returns has passed `members.check_member` and the budge
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from . import members as m
-from .failures import corrupt, unsafe
+from .failures import corrupt, invalid_plan, unsafe
+
+READERS = ("own", "libarchive")
 
 
 class ChunkReader:
@@ -161,3 +164,19 @@ class TarStream:
                     "tar stream; the members after it would be silently dropped"
                 )
             self.budget.admit_padding(len(piece))
+
+
+def open_tar(chunks: Iterator[bytes], budget: m.Budget, room: int = m.PATH_MAX - 1):
+    """The tar reader that env DAOFLOW_RUNNER_TAR_READER names (for measurement, see
+    docs/runner.md): `own` (this module, the default) or `libarchive`."""
+    name = os.environ.get("DAOFLOW_RUNNER_TAR_READER", "own")
+    if name == "libarchive":
+        try:  # libarchive-c is a test and benchmark dependency, not in the image
+            from .libarchive_reader import LibarchiveStream
+        except ImportError as exc:
+            raise invalid_plan(f"DAOFLOW_RUNNER_TAR_READER=libarchive needs libarchive-c and "
+                               f"libarchive13: {exc}") from None
+        return LibarchiveStream(chunks, budget, room)
+    if name != "own":
+        raise invalid_plan(f"DAOFLOW_RUNNER_TAR_READER must be one of {', '.join(READERS)}, not {name!r}")
+    return TarStream(chunks, budget, room)
