@@ -62,5 +62,6 @@ bench: install ## Latency from applying a BackupRestore to its plan and to its J
 	$(PY) bench/restore_latency.py
 
 .PHONY: bench-runner
-bench-runner: install ## Runner throughput and peak RSS against sha256sum + tar baselines
-	$(PY) bench/runner_bench.py
+bench-runner: install ## Runner throughput and peak RSS (both tar readers, with their corpus counts), then the S3 clients
+	$(PY) bench/runner_bench.py --readers own,libarchive --repeat 3 --differential
+	$(PY) bench/s3_clients.py --repeat 3
