@@ -300,7 +300,7 @@ def main() -> int:
             key = os.path.basename(path)
             for reader in readers:
                 if "s3" in sources:
-                    s3_source = {"type": "s3", "endpoint": s3.endpoint, "bucket": "bench",
+                    s3_source = {"type": "s3", "endpoint": s3.endpoint, "allowInsecureHTTP": True, "bucket": "bench",
                                  "region": "us-east-1", "forcePathStyle": True,
                                  "credentialsDir": s3.creds}
                     runs.append((fmt, reader, "runner (S3)", lambda p=path, f=fmt, r=reader, s=s3_source, k=key:

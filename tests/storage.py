@@ -79,6 +79,7 @@ class S3Server:
         """A plan's source. `from_environment`: no credentials folder, the default chain applies."""
         source = {
             "type": "s3", "endpoint": self.endpoint, "bucket": self.bucket, "region": "us-east-1",
+            "allowInsecureHTTP": self.endpoint.startswith("http://"),
             "prefix": prefix, "forcePathStyle": path_style,
         }
         if not from_environment:

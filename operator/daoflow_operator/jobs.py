@@ -60,7 +60,8 @@ def runner_plan(restore: dict, plan: dict, destination: dict, config: Config) ->
         s3 = dest_spec["s3"]
         source = {"type": "s3", "endpoint": s3["endpoint"], "bucket": s3["bucket"],
                   "region": s3.get("region") or "us-east-1", "prefix": s3.get("prefix") or "",
-                  "forcePathStyle": bool(s3.get("forcePathStyle"))}
+                  "forcePathStyle": bool(s3.get("forcePathStyle")),
+                  "allowInsecureHTTP": bool(s3.get("allowInsecureHTTP"))}
         # Without a credentials folder the runner uses the default chain of the pod's environment.
         if s3.get("credentialsSecretRef"):
             source["credentialsDir"] = S3_CREDENTIALS_DIR

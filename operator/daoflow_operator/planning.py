@@ -93,6 +93,10 @@ def _destination_location(destination: dict, path: str) -> tuple[str | None, str
         problems = [f"s3.{k} is not set" for k in ("endpoint", "bucket") if not s3.get(k)]
         if bool(_get(s3, "credentialsSecretRef", "name")) == ("credentialsFromEnvironment" in s3):
             problems.append("s3 must set exactly one of credentialsSecretRef or credentialsFromEnvironment")
+        # The CRD refuses these; a destination stored before that rule, or under an older CRD, is not.
+        if not str(s3.get("endpoint") or "").startswith("https://") and not s3.get("allowInsecureHTTP"):
+            problems.append("s3.endpoint must use https:// unless allowInsecureHTTP is true (the credentials "
+                            "and the data would travel in clear text)")
         key = (s3.get("prefix") or "") + path
         return "s3", f"s3://{s3.get('bucket', '')}/{key}", problems
     if not pvc.get("claimName"):

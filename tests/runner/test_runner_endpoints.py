@@ -84,3 +84,14 @@ def test_the_plan_carries_the_allowlist():
     with pytest.raises(RunnerFailure):
         parse_source({"type": "s3", "endpoint": "https://s3.local", "bucket": "backups",
                       "endpointAllowlist": ["not a network"]})
+
+
+def test_a_plain_http_endpoint_is_refused_unless_the_destination_allows_it():
+    """A destination stored before the CRD's https rule still reaches the runner: it holds the line too."""
+    plain = {"type": "s3", "endpoint": "http://s3.local", "bucket": "backups"}
+    with pytest.raises(RunnerFailure) as refused:
+        parse_source(plain)
+    assert refused.value.reason == "EndpointNotAllowed" and "allowInsecureHTTP" in refused.value.message
+    assert parse_source({**plain, "allowInsecureHTTP": True}).allow_insecure_http is True
+    with pytest.raises(RunnerFailure):
+        parse_source({**plain, "allowInsecureHTTP": "yes"})

@@ -173,7 +173,7 @@ def test_sigterm_midway_rolls_back_and_reports_interrupted(sample, tmp_path):
     (target / "old.txt").write_text("old\n")
     before = snapshot(target)
     plan = plan_for(artifact=artifact, path="runs/sample.tar.zst", fmt="tar+zstd",
-                    source={"type": "s3", "endpoint": f"http://127.0.0.1:{server.server_port}",
+                    source={"type": "s3", "endpoint": f"http://127.0.0.1:{server.server_port}", "allowInsecureHTTP": True,
                             "bucket": "anonymous", "forcePathStyle": True},
                     target={"type": "volume", "mountPath": str(target)}, existing="Replace")
     (tmp_path / "plan.json").write_text(json.dumps(plan))

@@ -23,7 +23,8 @@ def run(name="db-nightly", phase="Succeeded", path="runs/db-nightly.tar.zst", fm
 
 def s3_destination(name="s3-main") -> dict:
     return {"metadata": {"name": name, "namespace": "ns", "uid": "dest-uid"},
-            "spec": {"s3": {"endpoint": "http://127.0.0.1:9000", "bucket": "backups", "region": "us-east-1",
+            "spec": {"s3": {"endpoint": "http://127.0.0.1:9000", "allowInsecureHTTP": True, "bucket": "backups",
+                            "region": "us-east-1",
                             "prefix": "prod/", "forcePathStyle": True,
                             "credentialsSecretRef": {"name": "s3-creds"}}}}
 

@@ -57,6 +57,10 @@ def test_a_missing_or_unfinished_run_means_wait(the_run, reason):
     (run(size=None), s3_destination(), planning.ARTIFACT_SIZE_MISSING),
     (run(), None, planning.DESTINATION_NOT_FOUND),
     (run(), {"metadata": {"name": "s3-main"}, "spec": {}}, planning.DESTINATION_INVALID),
+    # Stored before the CRD's https rule: planned again, and refused.
+    (run(), {"metadata": {"name": "s3-main"}, "spec": {"s3": {**s3_destination()["spec"]["s3"],
+                                                               "allowInsecureHTTP": False}}},
+     planning.DESTINATION_INVALID),
     (run(fmt="postgres-custom"), s3_destination(), planning.TARGET_INVALID),
 ])
 def test_a_bad_run_or_destination_is_rejected_with_a_reason(the_run, destination, reason):

@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..paths import relative_path_problem
-from .failures import invalid_plan
+from ..escaping import escape
+from .failures import endpoint_not_allowed, invalid_plan
 
 ARCHIVE_FORMATS = ("tar", "tar+gzip", "tar+zstd")
 FORMATS = ARCHIVE_FORMATS + ("postgres-custom",)
@@ -58,6 +59,8 @@ class S3Source:
     endpoint_allowlist: tuple[str, ...] = ()
     # A PEM file of the CAs to trust for an https endpoint, instead of the system's.
     ca_bundle_file: str | None = None
+    # http:// only when the destination says so: keys and data would travel in clear text.
+    allow_insecure_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,12 @@ def parse_source(raw: Any) -> S3Source | VolumeSource:
         if ca_bundle is not None and (not isinstance(ca_bundle, str) or not ca_bundle.startswith("/")
                                       or "\x00" in ca_bundle):
             raise invalid_plan("source.caBundleFile must be an absolute path")
+        insecure = obj.get("allowInsecureHTTP", False)
+        if not isinstance(insecure, bool):
+            raise invalid_plan("source.allowInsecureHTTP must be a boolean")
+        if parts.scheme == "http" and not insecure:
+            raise endpoint_not_allowed(f"the endpoint {escape(endpoint)} uses http://, in clear text, and the "
+                                       "destination does not set allowInsecureHTTP")
         allowlist = obj.get("endpointAllowlist", [])
         if not isinstance(allowlist, list) or not all(isinstance(n, str) and _network(n) for n in allowlist):
             raise invalid_plan("source.endpointAllowlist must be a list of CIDRs such as 10.0.0.0/8")
@@ -223,6 +232,7 @@ def parse_source(raw: Any) -> S3Source | VolumeSource:
             credentials_dir=creds,
             endpoint_allowlist=tuple(allowlist),
             ca_bundle_file=ca_bundle,
+            allow_insecure_http=insecure,
         )
     if kind == "volume":
         mount = _absolute_dir(obj, "mountPath", "source")
