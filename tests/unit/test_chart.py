@@ -19,6 +19,7 @@ from daoflow_operator.localcluster import build
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "daoflow-operator"
 CLUSTER_SCOPED = {"authorization.k8s.io", "admissionregistration.k8s.io"}
+ELECTION = "daoflow-operator-leader-election"
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_placement_security_labels_and_the_disruption_budget_are_values(helm):
     assert spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
     assert spec["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
     assert spec["terminationGracePeriodSeconds"] == 45
-    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
     assert env["DAOFLOW_RUNNER_IMAGE"] == "registry.example/runner:2"
     assert spec["containers"][0]["image"] == "ghcr.io/daoflow-dev/daoflow-operator:0.1.0"
     policy = one(docs, "ValidatingAdmissionPolicy", name="daoflow-operator-job-shape")
@@ -160,7 +161,7 @@ def test_the_operator_pod_is_hardened_and_probed_by_default(helm):
                                             "capabilities": {"drop": ["ALL"]}}
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     # Every value the Config reads must parse (helm once wrote 1000000 as 1e+06).
     assert int(env["DAOFLOW_RUNNER_MAX_MEMBERS"]) == 1_000_000 and int(env["DAOFLOW_RUNNER_MAX_BYTES"]) == 1 << 40
 
@@ -170,7 +171,8 @@ def test_watching_every_namespace_grants_exactly_the_shipped_cluster_role(helm):
     shipped = manifest("rbac.yaml")
     assert one(docs, "ClusterRole")["rules"] == one(shipped, "ClusterRole")["rules"]
     assert one(docs, "ClusterRoleBinding") == one(shipped, "ClusterRoleBinding")
-    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] in ("Role", "RoleBinding")] == [
+        ("Role", ELECTION), ("RoleBinding", ELECTION)]
 
 
 def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_only_what_has_no_namespace(helm):
@@ -184,8 +186,9 @@ def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_only_what_has_n
         binding = one(docs, "RoleBinding", namespace)
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "daoflow-operator"}
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "daoflow-operator", "namespace": "backup-ops"}]
-    assert not [d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] not in ("shop", "billing")]
-    env = {e["name"]: e["value"] for e in one(docs, "Deployment", "backup-ops")["spec"]["template"]["spec"]
+    assert not [d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] not in ("shop", "billing")
+                and d["metadata"]["name"] != ELECTION]
+    env = {e["name"]: e.get("value") for e in one(docs, "Deployment", "backup-ops")["spec"]["template"]["spec"]
            ["containers"][0]["env"]}
     assert env["DAOFLOW_WATCH_NAMESPACES"] == "shop,billing"
 
@@ -208,7 +211,7 @@ def test_the_job_shape_policy_follows_the_release_namespace_and_the_image(helm):
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
     assert variables["runnerImage"] == "'ghcr.io/daoflow-dev/daoflow-operator:1.2.3'"
     deployment = one(docs, "Deployment", "backup-ops")["spec"]["template"]["spec"]
-    env = {e["name"]: e["value"] for e in deployment["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in deployment["containers"][0]["env"]}
     assert env["DAOFLOW_RUNNER_IMAGE"] == "ghcr.io/daoflow-dev/daoflow-operator:1.2.3"
     assert deployment["serviceAccountName"] == "daoflow-operator"
 
@@ -238,3 +241,37 @@ def test_dev_install_writes_the_image_it_runs_into_the_policy():
 def test_dev_install_refuses_what_is_not_an_image_reference(image):
     with pytest.raises(ValueError):
         dev.operator_limits(image)
+
+
+def test_leader_election_has_a_role_for_its_one_lease_and_the_policy_lets_it_write_that_lease(helm):
+    docs = render(helm, "watchNamespaces={shop}", "leaderElection.leaseName=ops-election", namespace="backup-ops")
+    role = one(docs, "Role", "backup-ops", name=ELECTION)
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["ops-election"],
+         "verbs": ["get", "update"]}]
+    binding = one(docs, "RoleBinding", "backup-ops", name=ELECTION)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "daoflow-operator", "namespace": "backup-ops"}]
+    policy = one(docs, "ValidatingAdmissionPolicy", name="daoflow-operator-own-objects")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert variables["electionLease"] == "'backup-ops/ops-election'"
+    deployment = one(docs, "Deployment", "backup-ops")["spec"]
+    assert deployment["strategy"] == {"type": "RollingUpdate"}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in deployment["template"]["spec"]["containers"][0]["env"]}
+    assert env["DAOFLOW_LEADER_ELECTION_LEASE"] == "ops-election"
+    assert env["DAOFLOW_LEADER_ELECTION_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert (env["DAOFLOW_LEASE_DURATION_SECONDS"], env["DAOFLOW_RENEW_DEADLINE_SECONDS"],
+            env["DAOFLOW_RETRY_PERIOD_SECONDS"]) == ("15", "10", "2")
+
+
+def test_without_leader_election_there_is_one_replica_and_no_election_lease(helm):
+    docs = render(helm, "leaderElection.enabled=false")
+    assert not [d for d in docs if d["metadata"]["name"] == ELECTION]
+    policy = one(docs, "ValidatingAdmissionPolicy", name="daoflow-operator-own-objects")
+    assert {v["name"]: v["expression"] for v in policy["spec"]["variables"]}["electionLease"] == "''"
+    deployment = one(docs, "Deployment", "daoflow-system")["spec"]
+    assert deployment["strategy"] == {"type": "Recreate"}
+    assert "DAOFLOW_LEADER_ELECTION_LEASE" not in str(deployment)
+    proc = subprocess.run([helm, "template", "x", str(CHART), "--set", "replicas=2", "--set",
+                           "leaderElection.enabled=false"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "replicas > 1 needs leaderElection.enabled" in proc.stderr
