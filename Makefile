@@ -71,6 +71,10 @@ fuzz: install test-deps ## Differential tar corpus, longer: DAOFLOW_FUZZ_EXAMPLE
 bench: install ## Latency from applying a BackupRestore to its plan and to its Job (p50/p99)
 	$(PY) bench/restore_latency.py
 
+.PHONY: bench-election
+bench-election: install ## Leader election: time without a leader after kill -9 (10x) and SIGTERM (10x) of the holder
+	$(PY) bench/leader_takeover.py
+
 .PHONY: bench-runner
 bench-runner: install ## Runner throughput and peak RSS against sha256sum + tar baselines
 	$(PY) bench/runner_bench.py
