@@ -6,6 +6,12 @@
 {{ .Values.runner.image | default (include "daoflow.image" .) }}
 {{- end -}}
 
+{{/* The name of the operator's cluster-scoped objects (ClusterRole, binding, its admission policies):
+fullnameOverride lets a second release (a test beside an installed operator) name its own. */}}
+{{- define "daoflow.clusterName" -}}
+{{ .Values.fullnameOverride | default "daoflow-operator" }}
+{{- end -}}
+
 {{- define "daoflow.serviceAccountName" -}}
 daoflow-operator
 {{- end -}}
