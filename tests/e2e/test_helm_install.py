@@ -191,9 +191,17 @@ def test_two_replicas_the_leaders_pod_force_deleted_while_a_job_runs(cluster, na
         job = wait_until(lambda: jobs(cluster, namespace), timeout=90, what="the restore's Job")[0]
         import time
 
+        standby = (pods - {leader}).pop()
+        if cluster.local is not None:
+            # The standby pod's token names its pod in the audit log: it wrote nothing while it stood by.
+            entries = [json.loads(line) for line in cluster.local.audit_log.read_text().splitlines() if line.strip()]
+            by_standby = [e for e in entries if e["verb"] in {"create", "update", "patch", "delete", "deletecollection"}
+                          and (e["user"].get("extra") or {}).get("authentication.kubernetes.io/pod-name") == [standby]]
+            assert by_standby == [], [(e["verb"], e["objectRef"]) for e in by_standby]
+            assert any((e["user"].get("extra") or {}).get("authentication.kubernetes.io/pod-name") == [leader]
+                       for e in entries), "the audit log names no pod"
         cluster.kubectl("delete", "pod", leader, "-n", system, "--grace-period=0", "--force")
         deleted = time.monotonic()
-        standby = (pods - {leader}).pop()
         wait_until(lambda: holder().startswith(standby + "_"), timeout=60, interval=0.1,
                    what="the standby to take the Lease")
         print(f"takeover after the leader's pod was force-deleted: {time.monotonic() - deleted:.1f}s")
