@@ -41,8 +41,18 @@ run: install node-deps ## Run the operator (the local control plane and its real
 	$(PY) -m daoflow_operator.dev run
 
 .PHONY: crds
-crds: install ## Generate crds/ (and the Helm chart's copy) from the pydantic models
-	$(PY) -m daoflow_operator.api.crdgen crds helm/daoflow-operator/crds
+crds: install ## Generate manifests/crds/ and the chart's CRD templates from the pydantic models
+	$(PY) -m daoflow_operator.api.crdgen
+
+# A non-default set for lint-chart: every optional block of the chart rendered at least once.
+LINT_SETS := --set replicas=2 --set podDisruptionBudget.enabled=true --set 'watchNamespaces={shop,billing}' \
+	--set crds.enabled=false --set commonLabels.team=storage --set priorityClassName=system-cluster-critical \
+	--set 'nodeSelector.kubernetes\.io/os=linux' --set runner.image=registry.example/daoflow-operator:1.0.0
+
+.PHONY: lint-chart
+lint-chart: install ## helm lint --strict over the chart's default values and a non-default set (pinned helm)
+	@helm=$$($(PY) -c 'from daoflow_operator.localcluster import build; print(build.helm_path())') && \
+		$$helm lint --strict helm/daoflow-operator && $$helm lint --strict helm/daoflow-operator $(LINT_SETS)
 
 .PHONY: test-deps
 test-deps: ## Install the system packages the tests need (openssl, PostgreSQL, zstd, bsdtar), if missing
@@ -60,6 +70,10 @@ fuzz: install test-deps ## Differential tar corpus, longer: DAOFLOW_FUZZ_EXAMPLE
 .PHONY: bench
 bench: install ## Latency from applying a BackupRestore to its plan and to its Job (p50/p99)
 	$(PY) bench/restore_latency.py
+
+.PHONY: bench-election
+bench-election: install ## Leader election: time without a leader after kill -9 (10x) and SIGTERM (10x) of the holder
+	$(PY) bench/leader_takeover.py
 
 .PHONY: bench-runner
 bench-runner: install ## Runner throughput and peak RSS (both tar readers, with their corpus counts), then the S3 clients

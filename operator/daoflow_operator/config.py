@@ -59,6 +59,15 @@ class Config:
     # CIDRs an S3 endpoint must resolve into (DAOFLOW_S3_ENDPOINT_ALLOWLIST, comma-separated), checked
     # by the runner after DNS; empty: any address but link-local and cloud metadata ones.
     s3_endpoint_allowlist: tuple[str, ...] = ()
+    # Leader election (election.py): the Lease's name, empty for none (one replica, tests, make run),
+    # and its namespace (the pod's, from the downward API).
+    leader_election_lease: str = ""
+    leader_election_namespace: str = "daoflow-system"
+    lease_duration_seconds: int = 15
+    renew_deadline_seconds: int = 10
+    retry_period_seconds: int = 2
+    # On SIGTERM, how long the pass in flight may take before the Lease is released anyway.
+    shutdown_grace_seconds: float = 20.0
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -83,4 +92,10 @@ class Config:
                                                      defaults.runner_termination_grace_seconds)),
             s3_endpoint_allowlist=tuple(n.strip() for n in env("DAOFLOW_S3_ENDPOINT_ALLOWLIST", "").split(",")
                                         if n.strip()),
+            leader_election_lease=env("DAOFLOW_LEADER_ELECTION_LEASE", defaults.leader_election_lease),
+            leader_election_namespace=env("DAOFLOW_LEADER_ELECTION_NAMESPACE", defaults.leader_election_namespace),
+            lease_duration_seconds=int(env("DAOFLOW_LEASE_DURATION_SECONDS", defaults.lease_duration_seconds)),
+            renew_deadline_seconds=int(env("DAOFLOW_RENEW_DEADLINE_SECONDS", defaults.renew_deadline_seconds)),
+            retry_period_seconds=int(env("DAOFLOW_RETRY_PERIOD_SECONDS", defaults.retry_period_seconds)),
+            shutdown_grace_seconds=float(env("DAOFLOW_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds)),
         )

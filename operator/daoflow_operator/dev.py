@@ -140,7 +140,7 @@ def install(kubeconfig: str, samples: bool = True, volume_root: Path | None = No
     and the BackupRun records a real artifact; else the samples are applied as they are."""
     from .config import Config
 
-    kubectl(kubeconfig, "apply", "-f", str(REPO / "crds"))
+    kubectl(kubeconfig, "apply", "-f", str(REPO / "manifests" / "crds"))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
             *(f"crd/{p}.backup.daoflow.dev" for p in ("backupruns", "backupdestinations", "backuprestores", "restoreapprovals")))
     kubectl(kubeconfig, "apply", "-f", str(REPO / "manifests" / "rbac.yaml"), "-f", str(REPO / "manifests" / "scopes.yaml"),

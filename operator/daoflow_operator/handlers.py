@@ -37,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,7 +46,7 @@ from typing import Awaitable, Callable
 
 import kopf
 
-from . import access, approvals, jobs, planning, pods, status as status_, targets
+from . import access, approvals, election, jobs, planning, pods, status as status_, targets
 from .api import models
 from .config import Config
 from .kube import Conflict, JobRefused, Kube, api_client_from_env
@@ -294,6 +296,8 @@ class WorkQueue:
 
     process: Callable[[Key], Awaitable[float | None]]
     workers: int = 4
+    # When set (leader election), a pass starts only while the event is set: keys wait in the queue.
+    gate: asyncio.Event | None = None
     backoff_min: float = 5.0
     backoff_max: float = 300.0
     _failures: dict = field(default_factory=dict)
@@ -328,6 +332,8 @@ class WorkQueue:
         queue = self._ensure_queue()
         while True:
             key = await queue.get()
+            if self.gate is not None and not self.gate.is_set():
+                await self.gate.wait()  # the key stays pending, so re-adds still coalesce
             self._pending.discard(key)
             self._active.add(key)
             try:
@@ -358,6 +364,14 @@ class WorkQueue:
     def stop(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
+
+    async def drain(self, timeout: float) -> bool:
+        """Waits until no pass is running (new ones are held by a cleared gate); False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._active and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return not self._active
 
 
 class Operator:
@@ -425,6 +439,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
         record_log.propagate = False
     if getattr(memo, "operator", None) is None:  # tests may bring their own API client
         memo.operator = Operator(Kube(api_client_from_env()), Config.from_env())
+    config = memo.operator.config
+    if config.leader_election_lease:
+        # Only the Lease's holder reconciles; a standby's queue fills from its watches and waits.
+        logging.getLogger("leaderelection").setLevel(logging.WARNING)  # a line per retry otherwise
+        memo.elector = election.Elector(
+            memo.operator.kube.client, config.leader_election_namespace, config.leader_election_lease,
+            election.Timing(config.lease_duration_seconds, config.renew_deadline_seconds, config.retry_period_seconds),
+            on_lost=lambda: os.kill(os.getpid(), signal.SIGTERM))
+        memo.operator.queue.gate = memo.operator.approvals.gate = memo.elector.leading
+        memo.elector.start()
     memo.worker = asyncio.create_task(memo.operator.queue.run())
     memo.approval_worker = asyncio.create_task(memo.operator.approvals.run())
     logger.info("daoflow-operator started; runner image %s", memo.operator.config.runner_image)
@@ -432,12 +456,23 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_) -> None:
-    if getattr(memo, "worker", None):
-        memo.operator.queue.stop()
-        memo.worker.cancel()
-    if getattr(memo, "approval_worker", None):
-        memo.operator.approvals.stop()
-        memo.approval_worker.cancel()
+    if not getattr(memo, "worker", None):
+        return
+    queues = (memo.operator.queue, memo.operator.approvals)
+    for queue in queues:
+        queue.stop()
+    elector = getattr(memo, "elector", None)
+    if elector is not None:
+        # Start no new pass, let the ones in flight finish, then hand the Lease over at once.
+        elector.leading.clear()
+        for queue in queues:
+            if not await queue.drain(memo.operator.config.shutdown_grace_seconds):
+                log.warning("a pass is still running after %.0fs; releasing the Lease anyway",
+                            memo.operator.config.shutdown_grace_seconds)
+    memo.worker.cancel()
+    memo.approval_worker.cancel()
+    if elector is not None:
+        await asyncio.to_thread(elector.release)
 
 
 @kopf.index(models.GROUP, models.VERSION, "backuprestores")

@@ -19,8 +19,8 @@ from daoflow_operator.localcluster.cluster import SIMULATED_NODE_SELECTOR, SIMUL
 
 @pytest.fixture(scope="session")
 def installed(cluster):
-    """CRDs, the operator's RBAC, the scope policy and the limits of its Jobs, exactly as shipped in crds/
-    and manifests/; its Jobs may run the image the tests' operators run."""
+    """CRDs, the operator's RBAC, the scope policy and the limits of its Jobs, exactly as shipped in
+    manifests/; its Jobs may run the image the tests' operators run."""
     dev.install(str(cluster.kubeconfig), samples=False, runner_image=cluster.runner_image)
     wait_for_admission_policies(cluster)
     return cluster

@@ -203,8 +203,13 @@ def test_the_operator_writes_only_its_own_leases(cluster, namespace, operator_ku
     # Its RBAC allows Leases in every namespace; a node's heartbeat or a leader election is not its own.
     refused = dry_run_create(cluster, operator_kubeconfig, lease("kube-system", "kube-scheduler"))
     assert refused.returncode != 0
-    assert ("the operator may write or delete only its own Leases (daoflow-target-*, managed by daoflow-operator), "
-            "not kube-system/kube-scheduler") in refused.stderr
+    assert ("the operator may write or delete only its own Leases (daoflow-target-*, managed by daoflow-operator, "
+            "and write its election Lease daoflow-system/daoflow-operator), not kube-system/kube-scheduler") in refused.stderr
+    # Its election Lease, by namespace and name only.
+    election = dry_run_create(cluster, operator_kubeconfig, lease("daoflow-system", "daoflow-operator", managed=False))
+    assert election.returncode == 0, election.stderr
+    elsewhere = dry_run_create(cluster, operator_kubeconfig, lease(namespace, "daoflow-operator", managed=False))
+    assert "only its own Leases" in elsewhere.stderr
     unlabelled = dry_run_create(cluster, operator_kubeconfig, lease(namespace, "daoflow-target-0123", managed=False))
     assert "only its own Leases" in unlabelled.stderr
     admitted = dry_run_create(cluster, operator_kubeconfig, lease(namespace, "daoflow-target-0123"))

@@ -72,6 +72,13 @@ def test_helm_is_stamped_with_its_version():
     assert f"-X helm.sh/helm/v3/internal/version.version={versions.HELM}" in build.ldflags("helm", versions.HELM)
 
 
+def test_kustomize_is_pinned_as_a_tool_and_stamped_with_its_version():
+    assert versions.TOOLS["kustomize"]["version"] == versions.KUSTOMIZE
+    assert f"-X sigs.k8s.io/kustomize/api/provenance.version={versions.KUSTOMIZE}" in \
+        build.ldflags("kustomize", versions.KUSTOMIZE)
+    assert build.go_binary_name(versions.TOOLS["kustomize"]["packages"]["kustomize"]) == "kustomize"
+
+
 def test_binary_names_follow_go_build():
     assert build.go_binary_name("go.etcd.io/etcd/server/v3") == "server"
     assert build.go_binary_name("k8s.io/kubernetes/cmd/kubectl") == "kubectl"

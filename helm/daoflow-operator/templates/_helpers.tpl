@@ -2,8 +2,36 @@
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{- define "daoflow.runnerImage" -}}
+{{ .Values.runner.image | default (include "daoflow.image" .) }}
+{{- end -}}
+
+{{/* The name of the operator's cluster-scoped objects (ClusterRole, binding, its admission policies):
+fullnameOverride lets a second release (a test beside an installed operator) name its own. */}}
+{{- define "daoflow.clusterName" -}}
+{{ .Values.fullnameOverride | default "daoflow-operator" }}
+{{- end -}}
+
 {{- define "daoflow.serviceAccountName" -}}
 daoflow-operator
+{{- end -}}
+
+{{/* The labels of the operator's pod and of the Deployment's selector. */}}
+{{- define "daoflow.selectorLabels" -}}
+app.kubernetes.io/name: daoflow-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* commonLabels and commonAnnotations, for the metadata of every object of the chart. */}}
+{{- define "daoflow.commonMetadata" -}}
+{{- with .Values.commonLabels }}
+labels:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.commonAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{/*

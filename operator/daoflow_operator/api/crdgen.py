@@ -1,4 +1,5 @@
-"""Generates the CRDs in crds/ from the pydantic models.
+"""Generates the CRDs from the pydantic models: manifests/crds/ (the kustomize base) and the chart's
+templates/crds/ (the same YAML, switched by the value crds.enabled).
 
 pydantic speaks JSON Schema; a CRD needs a structural OpenAPI v3 schema: no $ref, no
 null types, no titles. This module converts one into the other and adds what only
@@ -79,7 +80,11 @@ def crd(model: type[models.Model]) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{model.plural}.{models.GROUP}"},
+        "metadata": {
+            "name": f"{model.plural}.{models.GROUP}",
+            # `helm uninstall` keeps them: deleting a CRD deletes every BackupRestore, the audit record.
+            "annotations": {"helm.sh/resource-policy": "keep"},
+        },
         "spec": {
             "group": models.GROUP,
             "scope": "Namespaced",
@@ -107,11 +112,22 @@ def files() -> dict[str, str]:
     return {f"{models.GROUP}_{m.plural}.yaml": render(m) for m in models.KINDS}
 
 
+def chart_files() -> dict[str, str]:
+    """The chart's CRDs are templates, not its crds/ folder, because helm installs crds/ once and
+    never upgrades it; as templates, `helm upgrade` brings a CRD change with the operator that needs it."""
+    return {name: "{{- if .Values.crds.enabled }}\n" + text + "{{- end }}\n" for name, text in files().items()}
+
+
+# Where `make crds` writes, relative to the repository.
+OUTPUTS = {"manifests/crds": files, "helm/daoflow-operator/templates/crds": chart_files}
+
+
 def main(argv: list[str] | None = None) -> int:
-    for folder in argv or sys.argv[1:] or ["crds"]:
-        out = Path(folder)
+    root = Path(argv[0]) if argv else Path(".")
+    for folder, make in OUTPUTS.items():
+        out = root / folder
         out.mkdir(parents=True, exist_ok=True)
-        for name, text in files().items():
+        for name, text in make().items():
             (out / name).write_text(text)
             print(f"wrote {out / name}")
     return 0

@@ -1,6 +1,6 @@
 """One pydantic model per kind: the single source of truth for the API.
 
-The CRDs in crds/ are generated from these models (`make crds`), and a test fails
+The CRDs in manifests/crds/ are generated from these models (`make crds`), and a test fails
 when the two drift apart. Field names are Python's; the API's camelCase names are
 their aliases. Everything Kubernetes-specific that JSON Schema cannot say (CEL
 rules, printer columns, list types) is attached here too, next to the field it is about.

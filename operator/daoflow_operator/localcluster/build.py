@@ -115,6 +115,9 @@ def ldflags(group: str, version: str) -> str:
     elif group == "helm":
         # `helm version` and the chart's kubeVersion checks read it; unset, it says v3.x-dev.
         flags.append(f"-X helm.sh/helm/v3/internal/version.version={version}")
+    elif group == "kustomize":
+        # `kustomize version` reads it; unset, it says (devel).
+        flags.append(f"-X sigs.k8s.io/kustomize/api/provenance.version={version}")
     return " ".join(flags)
 
 
@@ -200,6 +203,11 @@ def ensure_tool(name: str, log=print) -> Path:
 def helm_path(log=print) -> Path:
     """The pinned helm binary (built once into its own cache folder): renders and lints the chart."""
     return ensure_tool("helm", log=log)
+
+
+def kustomize_path(log=print) -> Path:
+    """The pinned kustomize binary (its own cache folder): builds manifests/, the kustomize base."""
+    return ensure_tool("kustomize", log=log)
 
 
 def main() -> int:

@@ -138,6 +138,16 @@ rules:
   - level: Metadata
     resources:
       - group: backup.daoflow.dev
+  # Writes of Jobs, Leases and Events too: a standby operator must write none of them.
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+    resources:
+      - group: batch
+        resources: [jobs]
+      - group: coordination.k8s.io
+        resources: [leases]
+      - group: ""
+        resources: [events]
   - level: None
 """
 

@@ -39,6 +39,9 @@ from pathlib import Path
 NODE_NAME = "daoflow-node"
 NODE_IP = "10.88.0.1"
 POD_SUBNET = "10.88.0.0/16"
+# The first address of the API server's --service-cluster-ip-range: the `kubernetes` Service, whose
+# address in-cluster clients (an operator in a pod) read from KUBERNETES_SERVICE_HOST. In its certificate.
+KUBERNETES_SERVICE_IP = "10.96.0.1"
 BRIDGE = "cni0"
 CGROUP_PREFIX = "daoflow-node-"
 RUNC = "/usr/sbin/runc"
@@ -245,6 +248,9 @@ def cni_config(root: Path) -> str:
         "plugins": [{
             "type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False, "hairpinMode": True,
             "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET, "gateway": NODE_IP}]],
+                     # Pods have no default route; this one (through the node, their gateway) reaches
+                     # the `kubernetes` Service's relay, for an operator in a pod.
+                     "routes": [{"dst": f"{KUBERNETES_SERVICE_IP}/32"}],
                      "dataDir": str(root / "cni" / "ipam")},
         }],
     }, indent=2)
@@ -361,6 +367,7 @@ class RealNode:
         b = self.binaries
         spec = {
             "root": str(r), "bridge": BRIDGE, "nodeIP": NODE_IP, "podPrefix": POD_SUBNET.split("/")[1],
+            "serviceIP": KUBERNETES_SERVICE_IP,
             "containerd": [str(b["containerd"]), "--config", str(r / "containerd.toml")],
             "containerdLog": str(r / "logs" / "containerd.log"),
             "containerdSocket": str(self.socket),
@@ -393,6 +400,7 @@ class RealNode:
         # The kubelet's way to the API server (and, at the node's IP, the pods').
         self.relays.into_node("127.0.0.1", self.api_port)
         self.relays.into_node(NODE_IP, self.api_port)
+        self.relays.into_node(KUBERNETES_SERVICE_IP, 443, host_port=self.api_port)
         self.relays.connect_proxy(str(self.connect_socket))
         self._wait_file(r / "node-started", timeout)
         self.log(f"real node {NODE_NAME}: containerd up and images imported in {time.monotonic() - started:.1f}s")

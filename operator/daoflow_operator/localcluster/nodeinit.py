@@ -76,6 +76,10 @@ def network(spec: dict) -> None:
     run("ip", "link", "add", bridge, "type", "bridge")
     run("ip", "addr", "add", f"{spec['nodeIP']}/{spec['podPrefix']}", "dev", bridge)
     run("ip", "link", "set", bridge, "up")
+    # The `kubernetes` Service's ClusterIP, local to the node: the pods' traffic to it (their gateway
+    # is this namespace) is delivered to the relay that listens there, with no kube-proxy or iptables.
+    if spec.get("serviceIP"):
+        run("ip", "addr", "add", f"{spec['serviceIP']}/32", "dev", "lo")
 
 
 def wait_for_socket(path: str, proc: subprocess.Popen, timeout: float = 60) -> None:

@@ -16,7 +16,13 @@ CONTAINERD = "v2.3.7"
 VERSITYGW = "v1.8.0"
 # The chart's renderer and linter, for the tests that render helm/daoflow-operator. A tool too:
 # its own cache folder, so pinning it never rebuilds the control plane.
+# helm v3, not v4: v3 is what platform teams run today (v3.x keeps receiving fixes), and a chart
+# that lints and installs under v3 installs under v4 too; the reverse is not true.
 HELM = "v3.22.0"
+# `kubectl kustomize manifests` renders the kustomize base; the standalone kustomize checks it the
+# way CI and GitOps tools (Argo CD, Flux) build it.
+# v5.8.2, not v5.8.3: v5.8.3 requires go >= 1.27, and the machine's toolchain is go 1.26.
+KUSTOMIZE = "v5.8.2"
 
 # Each group is one wrapper module: a go.mod that requires the upstream module
 # and is built with a single `go build` so that packages are compiled once.
@@ -67,6 +73,11 @@ TOOLS = {
         "module": "helm.sh/helm/v3",
         "version": HELM,
         "packages": {"helm": "helm.sh/helm/v3/cmd/helm"},
+    },
+    "kustomize": {
+        "module": "sigs.k8s.io/kustomize/kustomize/v5",
+        "version": KUSTOMIZE,
+        "packages": {"kustomize": "sigs.k8s.io/kustomize/kustomize/v5"},
     },
 }
 
