@@ -41,7 +41,7 @@ from typing import Awaitable, Callable
 
 import kopf
 
-from . import access, jobs, planning, pods, status as status_, targets
+from . import access, jobs, planning, pods, progress, status as status_, targets
 from .api import models
 from .config import Config
 from .kube import Conflict, JobRefused, Kube, api_client_from_env
@@ -121,20 +121,23 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
                     observed.report = pods.termination_message(observed.pods)
                 elif (pod_uid := pods.events_needed(observed.pods, job)) is not None:
                     observed.pod_events = kube.pod_events(namespace, pod_uid)
+            elif progress.due(current, now(), config.progress_interval_seconds):
+                # While it runs, the tail of its runner's log, once per interval (progress.py).
+                observed.progress = read_progress(kube, namespace, job)
         seen = (reports or {}).get((namespace, name))
         if deleting and observed.report is None and seen and seen[0] == restore["metadata"]["uid"]:
             observed.report = seen[1]
 
     at = now()
     decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
-                              poll_interval=config.pod_start_poll_seconds)
+                              poll_interval=config.pod_start_poll_seconds, **progress_settings(config))
     if decision.review is not None or decision.recheck is not None:
         # Once, right before the Job would be created (or a dry run's plan is done): may the
         # requester (still) restore the BackupRun, and into the target? Then decide again, with the answers.
         observed.still_authorized, observed.authorization = authorize(kube, restore, decision.recheck,
                                                                       decision.review)
         decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
-                                  poll_interval=config.pod_start_poll_seconds)
+                                  poll_interval=config.pod_start_poll_seconds, **progress_settings(config))
     if status_.needs_finalizer(restore, decision.status):
         # Before the Lease and the Job: a Job never exists without it.
         written = kube.set_finalizer(restore, status_.FINALIZER, True)
@@ -152,7 +155,7 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
             # For good (a 4xx, a quota, a name taken): decide again with the refusal, a final status.
             observed.job_refused = (refused.reason, refused.message)
             decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
-                                      poll_interval=config.pod_start_poll_seconds)
+                                      poll_interval=config.pod_start_poll_seconds, **progress_settings(config))
     if status_.changed(current, decision.status):
         written = kube.patch_status(namespace, name, status_.status_patch(current, decision.status),
                                     restore["metadata"]["resourceVersion"])
@@ -183,6 +186,21 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     if ended_now and status_.has_finalizer(restore) and not let_go(kube, restore, decision.status, observed):
         decision.requeue_after = config.pod_start_poll_seconds
     return decision
+
+
+def progress_settings(config: Config) -> dict:
+    return {"progress_interval": config.progress_interval_seconds, "stall_after": config.stall_timeout_seconds}
+
+
+def read_progress(kube: Kube, namespace: str, job: dict) -> progress.Sample | None:
+    """The last progress line of the runner of the Job's own running pod (pods.judge), or None."""
+    own, _ = pods.judge(kube.job_pods(namespace, job), job)
+    running = [p for p in own if status_.pod_active(p) and pods.has_started(p)]
+    if not running:
+        return None
+    pod = max(running, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    return progress.last_sample(kube.runner_log(namespace, pod["metadata"]["name"], tail_lines=progress.TAIL_LINES,
+                                                limit_bytes=progress.MAX_LOG_BYTES))
 
 
 def let_go(kube: Kube, restore: dict, status: dict, observed: status_.Observation | None = None) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import access, planning, pods as pods_, targets
+from . import access, planning, pods as pods_, progress as progress_, targets
 from .api import models
 
 AUDIT_LIMIT = 64
@@ -37,6 +37,7 @@ STARTED = "Started"
 ARTIFACT_VERIFIED = "ArtifactVerified"
 SUCCEEDED = "Succeeded"
 READY = "Ready"
+PROGRESSING = progress_.PROGRESSING
 
 # Reasons the operator itself gives (planning.py has those of validation).
 JOB_CREATED = "JobCreated"
@@ -84,6 +85,9 @@ class Observation:
     job_refused: tuple[str, str] | None = None
     # Pods that carry the Job's labels but are not its own (pods.judge): never counted, only named.
     untrusted_pods: list[pods_.Untrusted] = field(default_factory=list)
+    # The runner's last progress line, read from its log while it runs and a progress write is due
+    # (None: not read, or no line yet).
+    progress: progress_.Sample | None = None
 
 
 @dataclass
@@ -330,12 +334,43 @@ FOLLOW_UP = {
 }
 
 
+def follow_progress(status: dict, sample: progress_.Sample | None, now: datetime, generation: int | None,
+                    events: list[Event], interval: float, stall_after: float) -> float:
+    """Progress of a running restore into status (at most one write per `interval`), and the Progressing
+    condition: False/Stalled after `stall_after` seconds without progress, True again when it resumes.
+    Returns how soon to look again."""
+    since = (get_condition(status, STARTED) or {}).get("lastTransitionTime")
+    total = ((status.get("plan") or {}).get("artifact") or {}).get("sizeBytes")
+    progress_.advance(status, sample, total, since, now, interval, fmt_time)
+    idle = progress_.idle_seconds(status, since, now) or 0.0
+    old = dict(get_condition(status, PROGRESSING) or {})  # set_condition changes it in place
+    if idle >= stall_after:
+        last = (status.get("progress") or {}).get("lastProgressTime") or since
+        message = (f"no progress since {last} ({stall_after:g} s or more); the restore goes on and fails only "
+                   "at its deadline")
+        if set_condition(status, PROGRESSING, "False", progress_.STALLED, message, generation, now):
+            audit(status, now, "execute", "waiting", message)
+            events.append(Event("Warning", progress_.STALLED, message))
+    elif old.get("status") != "True":
+        set_condition(status, PROGRESSING, "True", progress_.ADVANCING, "the runner reports progress",
+                      generation, now)
+        if old.get("reason") == progress_.STALLED:
+            message = f"progress resumed: {(status.get('progress') or {}).get('bytesDone', 0)} bytes restored"
+            audit(status, now, "execute", "ok", message)
+            events.append(Event("Normal", progress_.RESUMED, message))
+    age = progress_.idle_seconds(status, None, now)
+    next_write = interval - age if age is not None and age < interval else interval
+    return max(1.0, min(next_write, stall_after - idle if idle < stall_after else interval))
+
+
 def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable_timeout: float = 300.0,
-           poll_interval: float = 5.0) -> Decision:
+           poll_interval: float = 5.0, progress_interval: float = 10.0, stall_after: float = 300.0) -> Decision:
     """The next status of a BackupRestore, given what was observed. Pure.
 
     `unschedulable_timeout`: how long a pod may stay unschedulable before the restore fails;
-    `poll_interval`: how soon to look again at a Job whose pod has not started.
+    `poll_interval`: how soon to look again at a Job whose pod has not started; `progress_interval`:
+    the least time between two progress writes; `stall_after`: seconds without progress before the
+    restore is marked Stalled.
     """
     old = restore.get("status") or {}
     if is_final(old):
@@ -349,6 +384,8 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
 
     def finish() -> None:
         status["completionTime"] = fmt_time(now)
+        if get_condition(status, PROGRESSING):
+            set_condition(status, PROGRESSING, "False", progress_.ENDED, "the restore has ended", generation, now)
         # A real restore holds its target from just before its Job is created: let go of it.
         held = old.get("jobRef") or (observed.target is not None and observed.target.state == "ours")
         if not spec.dry_run and held:
@@ -639,6 +676,9 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
                         "the target holds the restored data")
         set_condition(status, SUCCEEDED, "True", RESTORE_SUCCEEDED, message, generation, now)
         set_condition(status, READY, "True", RESTORE_SUCCEEDED, message, generation, now)
+        if "progress" in status or running:
+            progress_.completed(status, (plan.get("artifact") or {}).get("sizeBytes"),
+                                (report or {}).get("files"), fmt_time, now)
         target = plan.get("target") or {}
         claim = (target.get("persistentVolumeClaim") or {}).get("claimName", "")
         if target.get("type") in FOLLOW_UP:
@@ -669,6 +709,9 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         audit(status, now, "record", "failed", "the restore failed and is not retried; the BackupRun was not changed")
         events.append(Event("Warning", reason, message))
         finish()
+    if outcome == "running" and not is_final(status):
+        decision.requeue_after = follow_progress(status, observed.progress, now, generation, events,
+                                                 progress_interval, stall_after)
     status["observedGeneration"] = generation
     status["phase"] = derive_phase(status)
     return decision
