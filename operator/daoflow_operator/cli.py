@@ -3,6 +3,7 @@
     daoflow backup list
     daoflow backup restore --backup-run-id NAME --dry-run [--json]
     daoflow backup restore --backup-run-id NAME --yes [--wait]
+    daoflow backup restore cancel NAME [--wait]
 
 A dry run reads the BackupRun, its destination and the target claim, asks whether you may restore
 into the target (a SelfSubjectAccessReview), and prints the plan computed by the same function the
@@ -31,6 +32,7 @@ EXIT_NOT_FOUND = 3
 EXIT_NO_CLUSTER = 4
 EXIT_FORBIDDEN = 5
 EXIT_API_ERROR = 6
+EXIT_REFUSED = 7  # the API server refused the request as it is (e.g. cancelling a restore that has ended)
 
 
 class CliError(Exception):
@@ -82,6 +84,12 @@ def _api_call(call, what: str):
             except (TypeError, ValueError):
                 pass
             raise CliError(f"{what}: forbidden: {reason or exc.reason}", EXIT_FORBIDDEN)
+        if exc.status == 422:  # an admission policy or the schema said why
+            try:
+                reason = json.loads(exc.body).get("message", "")
+            except (TypeError, ValueError):
+                reason = ""
+            raise CliError(f"{what}: refused: {reason or exc.reason}", EXIT_REFUSED)
         raise CliError(f"{what}: the API server answered {exc.status} {exc.reason}", EXIT_API_ERROR)
     except (HTTPError, OSError) as exc:
         raise CliError(f"cannot reach the Kubernetes API server: {exc.__class__.__name__}", EXIT_NO_CLUSTER)
@@ -214,6 +222,8 @@ def print_plan(result: planning.PlanResult, out) -> None:
 
 
 def cmd_restore(args) -> int:
+    if not args.backup_run_id:
+        raise CliError("--backup-run-id is required", EXIT_USAGE)
     if args.dry_run and args.yes:
         raise CliError("--dry-run and --yes exclude each other", EXIT_USAGE)
     if not args.dry_run and not args.yes and not sys.stdin.isatty():
@@ -295,6 +305,45 @@ def wait_for(client, namespace: str, name: str, timeout: float) -> int:
     return EXIT_RESTORE_FAILED
 
 
+def cmd_cancel(args) -> int:
+    """Asks the operator to cancel a running restore: one annotation, which admission guards (the scope
+    backup:restore; not once it has ended) and next to which the API server records who asked."""
+    import kubernetes
+
+    from .status import CANCEL_REQUESTED, CANCEL_REQUESTED_BY
+
+    namespace = _namespace(args)
+    client = _client(args)
+    obj = _custom(client, namespace, "backuprestores", args.name, "BackupRestore")
+    status = obj.get("status") or {}
+    annotations = obj["metadata"].get("annotations") or {}
+    if status.get("completionTime"):
+        raise CliError(f"BackupRestore {args.name} has already ended ({status.get('phase')}): there is nothing "
+                       "to cancel", EXIT_REFUSED)
+    if CANCEL_REQUESTED in annotations:
+        print(f"cancellation of backuprestore.{models.GROUP}/{args.name} was already requested by "
+              f"{escape(str(annotations.get(CANCEL_REQUESTED_BY)))}")
+    else:
+        api = kubernetes.client.CustomObjectsApi(client)
+        body = {"metadata": {"annotations": {CANCEL_REQUESTED: "true"}}}
+        try:
+            written = _api_call(lambda: api.patch_namespaced_custom_object(
+                models.GROUP, models.VERSION, namespace, "backuprestores", args.name, body,
+                _content_type="application/merge-patch+json"), f"cancelling BackupRestore {args.name!r}")
+        except CliError as exc:
+            if exc.code == EXIT_FORBIDDEN and "backup:restore" not in str(exc):
+                raise CliError(f"{exc}; cancelling a restore needs the scope backup:restore", EXIT_FORBIDDEN)
+            raise
+        by = (written["metadata"].get("annotations") or {}).get(CANCEL_REQUESTED_BY)
+        print(f"backuprestore.{models.GROUP}/{args.name} cancellation requested by {escape(str(by))}; "
+              "its runner stops and rolls back what it has not committed")
+    if not args.wait:
+        return EXIT_OK
+    code = wait_for(client, namespace, args.name, args.timeout)
+    final = (_custom(client, namespace, "backuprestores", args.name, "BackupRestore").get("status") or {})
+    return EXIT_OK if final.get("phase") == "Cancelled" else code
+
+
 def cmd_list(args) -> int:
     import kubernetes
 
@@ -335,7 +384,7 @@ def parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
 
     restore = backup.add_parser("restore", help="preview or queue a restore of a BackupRun", parents=[common])
-    restore.add_argument("--backup-run-id", required=True, metavar="NAME", help="the BackupRun to restore")
+    restore.add_argument("--backup-run-id", metavar="NAME", help="the BackupRun to restore (required)")
     restore.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     restore.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     restore.add_argument("--yes", action="store_true", help="restore without asking")
@@ -347,6 +396,13 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument("--target-database-secret", metavar="SECRET", help="restore into the database of this Secret")
     restore.add_argument("--expected-plan-hash", metavar="SHA256", help="fail with PlanDrifted if the plan changed")
     restore.set_defaults(func=cmd_restore)
+    # Verbs on one BackupRestore: `daoflow backup restore cancel NAME`.
+    verbs = restore.add_subparsers(dest="verb", metavar="{cancel}")
+    cancel = verbs.add_parser("cancel", help="cancel a running restore", parents=[common])
+    cancel.add_argument("name", metavar="NAME", help="the BackupRestore")
+    cancel.add_argument("--wait", action="store_true", help="follow it until it has ended")
+    cancel.add_argument("--timeout", type=float, default=600, help="with --wait: seconds to wait")
+    cancel.set_defaults(func=cmd_cancel)
     return p
 
 

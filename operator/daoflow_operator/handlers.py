@@ -65,7 +65,7 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     restore = kube.get_restore(namespace, name)
     if restore is None:
         return None
-    deleting = status_.deleting(restore)
+    deleting = status_.cancelling(restore)  # deleted, or asked to be cancelled: the same path
     if status_.is_final(restore.get("status")):
         # A Job whose pod could not start is deleted right after the final status is written;
         # should the operator have died in between, this pass (an event of that Job, or a
@@ -432,9 +432,10 @@ def restores_by_target(namespace, name, status, **_):
 
 
 @kopf.index(models.GROUP, models.VERSION, "backuprestores")
-def restores_being_deleted(namespace, name, uid, meta, **_):
-    """Restores being deleted, by uid (their pods' label), so their pods' events reach them."""
-    return {(namespace, uid): name} if meta.get("deletionTimestamp") else None
+def restores_being_deleted(namespace, name, uid, meta, status, **_):
+    """Restores being deleted or cancelled, by uid (their pods' label), so their pods' events reach them."""
+    cancelled = status_.CANCEL_REQUESTED in (meta.get("annotations") or {}) and not status_.is_final(status)
+    return {(namespace, uid): name} if meta.get("deletionTimestamp") or cancelled else None
 
 
 @kopf.on.event(models.GROUP, models.VERSION, "backuprestores")

@@ -51,6 +51,11 @@ CANCELLED = "Cancelled"
 INTERRUPTED = "Interrupted"  # the runner's report after a signal: it rolled the target back
 # The operator's own finalizer: a restore that may have a Job is not removed before its Job has ended.
 FINALIZER = "backup.daoflow.dev/cancel-on-delete"
+# `daoflow backup restore cancel` sets CANCEL_REQUESTED; the API server records who did in CANCEL_REQUESTED_BY
+# (the policies daoflow-record-canceller and daoflow-cancel-requires-scope in manifests/scopes.yaml). It
+# takes the path of a deletion, without removing the record.
+CANCEL_REQUESTED = "backup.daoflow.dev/cancel-requested"
+CANCEL_REQUESTED_BY = "backup.daoflow.dev/cancel-requested-by"
 REPORT_MISSING = "ReportMissing"
 TARGET_BUSY = targets.TARGET_BUSY
 REQUESTER_NO_LONGER_AUTHORIZED = "RequesterNoLongerAuthorized"
@@ -138,6 +143,23 @@ def deleting(restore: dict) -> bool:
     return bool((restore.get("metadata") or {}).get("deletionTimestamp"))
 
 
+def cancel_requested(restore: dict) -> bool:
+    return CANCEL_REQUESTED in ((restore.get("metadata") or {}).get("annotations") or {})
+
+
+def cancelling(restore: dict) -> bool:
+    """Deleted, or asked to be cancelled: either way its Job is stopped and it ends Cancelled."""
+    return deleting(restore) or cancel_requested(restore)
+
+
+def cancel_cause(restore: dict) -> str:
+    """Why the restore is cancelled, for its messages: deletion wins over a request."""
+    if deleting(restore):
+        return "the BackupRestore was deleted"
+    who = ((restore.get("metadata") or {}).get("annotations") or {}).get(CANCEL_REQUESTED_BY)
+    return f"cancellation was requested by {who or 'an unknown user'}"
+
+
 def has_finalizer(restore: dict) -> bool:
     return FINALIZER in ((restore.get("metadata") or {}).get("finalizers") or [])
 
@@ -181,6 +203,8 @@ def final_record(restore: dict, status: dict) -> dict[str, Any]:
         "phase": status.get("phase"), "reason": reason, "message": message,
         "requestedBy": status.get("requestedBy"), "startTime": status.get("startTime"),
         "completionTime": status.get("completionTime"), "deleted": deleting(restore),
+        "cancelRequestedBy": ((meta.get("annotations") or {}).get(CANCEL_REQUESTED_BY)
+                              if cancel_requested(restore) else None),
         "verified": result.get("verified"), "bytes": result.get("bytes"), "files": result.get("files"),
         "sha256": result.get("sha256") or (plan.get("artifact") or {}).get("sha256"),
         "planHash": plan.get("planHash"), "target": plan.get("target"),
@@ -218,6 +242,8 @@ def derive_phase(status: dict) -> str:
     succeeded, validated, started = cond(SUCCEEDED), cond(VALIDATED), cond(STARTED)
     if succeeded.get("status") == "True":
         return "Succeeded"
+    if succeeded.get("status") == "False" and succeeded.get("reason") == CANCELLED:
+        return "Cancelled"
     if succeeded.get("status") == "False":
         return "Failed"
     if validated.get("status") == "False" and status.get("completionTime"):
@@ -395,14 +421,15 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
     if requester and not status.get("requestedBy"):
         status["requestedBy"] = requester.user
     by = f" requested by {status['requestedBy']}" if status.get("requestedBy") else ""
-    cancel = deleting(restore)
+    cancel = cancelling(restore)
+    cause = cancel_cause(restore) if cancel else ""
 
     if cancel and not status.get("jobRef") and observed.job is not None:
         # Its Job was created by a pass that died before recording it: followed (and cancelled) below.
         status["jobRef"] = {"name": observed.job["metadata"]["name"]}
     if cancel and not status.get("jobRef"):
         # Deleted before its Job was created: released, final; no Job is ever created for it.
-        message = "the BackupRestore was deleted before its Job was created; nothing was written to the target"
+        message = f"{cause} before its Job was created; nothing was written to the target"
         for ctype in (SUCCEEDED, READY):
             set_condition(status, ctype, "False", CANCELLED, message, generation, now)
         audit(status, now, "record", "failed", message)
@@ -597,7 +624,7 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         message = f"Job {job_name_} was deleted before it finished; the restore is not retried"
         if cancel:
             reason = CANCELLED
-            message = (f"the BackupRestore was deleted and Job {job_name_} has ended, but the runner's report "
+            message = (f"{cause} and Job {job_name_} has ended, but the runner's report "
                        "could not be read: whether it rolled the target back or had committed is not known; "
                        "check the target" + ("" if running else "; its runner was not seen running"))
         set_condition(status, SUCCEEDED, "False", reason, message, generation, now)
@@ -607,7 +634,8 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         finish()
     elif outcome == "cancelling":
         if (get_condition(status, READY) or {}).get("reason") != CANCELLING:
-            message = (f"the BackupRestore is being deleted: Job {job_name_} is deleted and its runner stopped; "
+            lead = "the BackupRestore is being deleted" if deleting(restore) else cause
+            message = (f"{lead}: Job {job_name_} is deleted and its runner stopped; "
                        "it rolls back what it has not committed, and the record stays until its pod has ended")
             set_condition(status, READY, "False", CANCELLING, message, generation, now)
             audit(status, now, "execute", "waiting", message)
@@ -672,7 +700,7 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
             events.append(Event("Warning", REPORT_MISSING, f"Job {job_name_} completed, but {detail}"))
         message = f"restored from BackupRun {spec.backup_run_ref.name} by Job {job_name_}"
         if cancel:
-            message += ("; the BackupRestore was deleted while it ran, but the runner had already committed: "
+            message += (f"; {cause} while it ran, but the runner had already committed: "
                         "the target holds the restored data")
         set_condition(status, SUCCEEDED, "True", RESTORE_SUCCEEDED, message, generation, now)
         set_condition(status, READY, "True", RESTORE_SUCCEEDED, message, generation, now)
@@ -696,7 +724,7 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         message = f"Job {job_name_} failed: {message}"
         if cancel and reason == INTERRUPTED:
             reason = CANCELLED
-            message = (f"Job {job_name_} was cancelled: the BackupRestore was deleted, and the runner stopped "
+            message = (f"Job {job_name_} was cancelled: {cause}, and the runner stopped "
                        f"and rolled the target back ({(report or {}).get('message')})")
         # A content mismatch fails verification as a checksum mismatch does: the artifact is
         # not the one recorded, even though its bytes are.

@@ -98,7 +98,7 @@ def assert_cancelled_record(log: str, namespace: str, restore_: SlowReplace, uid
     assert len(lines) == 1, lines
     record = lines[0]
     assert (record["kind"], record["namespace"], record["phase"], record["reason"], record["deleted"]) == (
-        "BackupRestore", namespace, "Failed", status_.CANCELLED, True)
+        "BackupRestore", namespace, "Cancelled", status_.CANCELLED, True)
     assert "rolled the target back" in record["message"], record
     assert record["uid"] == uid and record["job"] == f"{restore_.name}-restore"
     assert record["target"]["persistentVolumeClaim"]["claimName"] == "app-data"

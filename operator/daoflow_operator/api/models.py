@@ -366,7 +366,7 @@ class AuditEntry(Model):
 class BackupRestoreStatus(Model):
     observed_generation: int | None = None
     phase: Literal["Pending", "Planned", "AwaitingApproval", "Queued", "Running", "Succeeded", "Failed",
-                   "Rejected"] | None = None
+                   "Cancelled", "Rejected"] | None = None
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     plan: RestorePlan | None = None
