@@ -61,6 +61,8 @@ class Config:
     progress_interval_seconds: float = 10.0
     # With no progress for this long, a running restore is marked Progressing=False/Stalled (seconds).
     stall_timeout_seconds: float = 300.0
+    # The port of /metrics (Prometheus); 0: not served.
+    metrics_port: int = 0
     # CIDRs an S3 endpoint must resolve into (DAOFLOW_S3_ENDPOINT_ALLOWLIST, comma-separated), checked
     # by the runner after DNS; empty: any address but link-local and cloud metadata ones.
     s3_endpoint_allowlist: tuple[str, ...] = ()
@@ -89,6 +91,7 @@ class Config:
             progress_interval_seconds=float(env("DAOFLOW_PROGRESS_WRITE_INTERVAL_SECONDS",
                                                 defaults.progress_interval_seconds)),
             stall_timeout_seconds=float(env("DAOFLOW_STALL_TIMEOUT_SECONDS", defaults.stall_timeout_seconds)),
+            metrics_port=int(env("DAOFLOW_METRICS_PORT", defaults.metrics_port)),
             s3_endpoint_allowlist=tuple(n.strip() for n in env("DAOFLOW_S3_ENDPOINT_ALLOWLIST", "").split(",")
                                         if n.strip()),
         )

@@ -35,6 +35,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
@@ -45,6 +46,7 @@ from . import access, jobs, planning, pods, progress, status as status_, targets
 from .api import models
 from .config import Config
 from .kube import Conflict, JobRefused, Kube, api_client_from_env
+from .metrics import METRICS
 
 log = logging.getLogger("daoflow_operator")
 # The final record of each restore, one JSON object a line, bare (see startup), for log pipelines.
@@ -170,6 +172,7 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
         # Once, on the transition to the end, next to the transition's own event that tells the outcome:
         # the record outlives the object in the logs.
         record_log.info(json.dumps(status_.final_record(restore, decision.status), separators=(",", ":")))
+        METRICS.finished(restore, decision.status)
     for event in decision.events:
         kube.post_event(restore, event.type, event.reason, event.message)
     if decision.cancel_job:
@@ -286,6 +289,7 @@ class WorkQueue:
     _dirty: set = field(default_factory=set)
     _timers: dict = field(default_factory=dict)
     _queue: asyncio.Queue | None = None
+    _added: dict = field(default_factory=dict)  # when each pending key was put on the queue (metrics)
 
     def add(self, key: Key, delay: float = 0.0) -> None:
         if delay > 0:
@@ -298,6 +302,8 @@ class WorkQueue:
             self._dirty.add(key)  # processed again right after the current pass
         elif key not in self._pending:
             self._pending.add(key)
+            self._added[key] = time.monotonic()
+            METRICS.queue_depth.set(len(self._pending))
             self._ensure_queue().put_nowait(key)
 
     def _ensure_queue(self) -> asyncio.Queue:
@@ -313,7 +319,10 @@ class WorkQueue:
         while True:
             key = await queue.get()
             self._pending.discard(key)
+            METRICS.queue_depth.set(len(self._pending))
+            METRICS.queue_latency.observe(time.monotonic() - self._added.pop(key, time.monotonic()))
             self._active.add(key)
+            began = time.monotonic()
             try:
                 delay = await self.process(key)
                 self._failures.pop(key, None)
@@ -321,6 +330,7 @@ class WorkQueue:
                 raise
             except Exception as exc:  # noqa: BLE001 - one bad object must not stop the operator
                 delay = self.failure_delay(key)
+                METRICS.queue_retries.inc()
                 if self._failures[key] == 1:
                     log.exception("reconciling %s/%s failed; retrying in %.0fs", *key, delay)
                 else:
@@ -328,6 +338,7 @@ class WorkQueue:
                                 exc.__class__.__name__, str(exc).splitlines()[0] if str(exc) else "", delay)
             finally:
                 self._active.discard(key)
+                METRICS.queue_work.observe(time.monotonic() - began)
             if key in self._dirty:
                 self._dirty.discard(key)
                 self.add(key)
@@ -369,6 +380,7 @@ class Operator:
                 continue
             if decision is None or status_.is_final(decision.status):
                 self.reports.pop(key, None)
+            METRICS.observe(key, decision.status if decision is not None else None)
             if decision is not None and decision.wait is not None:
                 # The backoff, but never past the wait deadline (requeue_after), which sends no event.
                 return min(self.wait_delay(key), decision.requeue_after or float("inf"))
@@ -403,6 +415,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     if getattr(memo, "operator", None) is None:  # tests may bring their own API client
         memo.operator = Operator(Kube(api_client_from_env()), Config.from_env())
     memo.worker = asyncio.create_task(memo.operator.queue.run())
+    if memo.operator.config.metrics_port and not getattr(METRICS, "served", False):
+        METRICS.serve(memo.operator.config.metrics_port)
+        METRICS.served = True
+        logger.info("metrics on port %d (/metrics)", memo.operator.config.metrics_port)
     logger.info("daoflow-operator started; runner image %s", memo.operator.config.runner_image)
 
 

@@ -30,6 +30,7 @@ from kubernetes.client.exceptions import ApiException
 
 from . import access, planning, pods, targets
 from .api import models
+from .metrics import METRICS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,6 +93,7 @@ def with_retries(call: Callable[[], T], what: str, attempts: int = 6, base: floa
         try:
             return call()
         except ApiException as exc:
+            METRICS.api_errors.labels(str(exc.status)).inc()
             if exc.status == 409:
                 raise Conflict(what) from exc
             if exc.status not in RETRIABLE or attempt == attempts:

@@ -17,6 +17,9 @@ VERSITYGW = "v1.8.0"
 # The chart's renderer and linter, for the tests that render helm/daoflow-operator. A tool too:
 # its own cache folder, so pinning it never rebuilds the control plane.
 HELM = "v3.22.0"
+# promtool, which checks and unit-tests the chart's PrometheusRule: Prometheus 3.x is the Go module
+# version v0.3xx (its own cache folder, like helm).
+PROMETHEUS = "v0.316.0"
 
 # Each group is one wrapper module: a go.mod that requires the upstream module
 # and is built with a single `go build` so that packages are compiled once.
@@ -67,6 +70,11 @@ TOOLS = {
         "module": "helm.sh/helm/v3",
         "version": HELM,
         "packages": {"helm": "helm.sh/helm/v3/cmd/helm"},
+    },
+    "promtool": {
+        "module": "github.com/prometheus/prometheus",
+        "version": PROMETHEUS,
+        "packages": {"promtool": "github.com/prometheus/prometheus/cmd/promtool"},
     },
 }
 
