@@ -42,7 +42,7 @@ from typing import Awaitable, Callable
 
 import kopf
 
-from . import access, jobs, planning, pods, progress, status as status_, targets
+from . import access, jobs, logs, planning, pods, progress, status as status_, targets
 from .api import models
 from .config import Config
 from .kube import Conflict, JobRefused, Kube, api_client_from_env
@@ -67,6 +67,7 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     restore = kube.get_restore(namespace, name)
     if restore is None:
         return None
+    logs.bind(logs.about(restore))  # this thread's log lines name the restore
     deleting = status_.cancelling(restore)  # deleted, or asked to be cancelled: the same path
     if status_.is_final(restore.get("status")):
         # A Job whose pod could not start is deleted right after the final status is written;
@@ -158,6 +159,7 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
             observed.job_refused = (refused.reason, refused.message)
             decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
                                       poll_interval=config.pod_start_poll_seconds, **progress_settings(config))
+    logs.bind(logs.about(restore, decision.status))
     if status_.changed(current, decision.status):
         written = kube.patch_status(namespace, name, status_.status_patch(current, decision.status),
                                     restore["metadata"]["resourceVersion"])
@@ -372,6 +374,7 @@ class Operator:
         return min(self.config.wait_backoff_min * (2 ** attempt), self.config.wait_backoff_max)
 
     async def process(self, key: Key) -> float | None:
+        logs.bind({"namespace": key[0], "name": key[1]})  # until a reconcile knows more
         for _ in range(5):
             try:
                 decision = await asyncio.to_thread(reconcile, self.kube, self.config, *key, reports=self.reports)

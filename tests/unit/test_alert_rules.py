@@ -29,7 +29,11 @@ TESTS = {
             ],
             "alert_rule_test": [
                 {"eval_time": "4m", "alertname": "DaoflowRestoreFailed", "exp_alerts": [
-                    {"exp_labels": {"severity": "warning", "namespace": "shop", "reason": "ChecksumMismatch"}}]},
+                    {"exp_labels": {"severity": "warning", "namespace": "shop", "reason": "ChecksumMismatch"},
+                     "exp_annotations": {
+                         "summary": "A restore failed in namespace shop (ChecksumMismatch)",
+                         "description": "At least one BackupRestore ended Failed with reason ChecksumMismatch in the "
+                                        "last 15 minutes. kubectl get backuprestores -n shop shows which."}}]},
                 {"eval_time": "1m", "alertname": "DaoflowRestoreFailed", "exp_alerts": []},
             ],
         },
@@ -47,7 +51,10 @@ TESTS = {
             "alert_rule_test": [
                 {"eval_time": "1m", "alertname": "DaoflowRestoreStalled", "exp_alerts": []},
                 {"eval_time": "3m", "alertname": "DaoflowRestoreStalled",
-                 "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
+                 "exp_alerts": [{"exp_labels": {"severity": "warning"}, "exp_annotations": {
+                     "summary": "A running restore makes no progress",
+                     "description": "1 running restore(s) are marked Progressing=False/Stalled: their runner reported "
+                                    "no progress for the operator's stall timeout. They fail only at their deadline."}}]},
                 {"eval_time": "4m", "alertname": "DaoflowRestoreStalled", "exp_alerts": []},
             ],
         },
@@ -59,12 +66,14 @@ TESTS = {
             "alert_rule_test": [
                 {"eval_time": "50m", "alertname": "DaoflowRestoreRunningTooLong", "exp_alerts": []},
                 {"eval_time": "70m", "alertname": "DaoflowRestoreRunningTooLong",
-                 "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
+                 "exp_alerts": [{"exp_labels": {"severity": "warning"}, "exp_annotations": {
+                     "summary": "A restore has been in progress for more than 3600 s",
+                     "description": "The oldest restore in progress had its Job created 1h 10m 0s ago."}}]},
             ],
         },
         {
             "interval": "10m",
-            "input_series": [{"series": "daoflow_restore_oldest_start_timestamp_seconds", "values": "NaNx12"}],
+            "input_series": [{"series": "daoflow_restore_oldest_start_timestamp_seconds", "values": " ".join(["NaN"] * 13)}],
             "alert_rule_test": [{"eval_time": "110m", "alertname": "DaoflowRestoreRunningTooLong", "exp_alerts": []}],
         },
     ],
