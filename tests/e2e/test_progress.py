@@ -9,15 +9,13 @@ counts the operator's status writes.
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import datetime
 
 import pytest
 
-from backups import (ARTIFACT_PATH, backup_run, condition, events, make_artifact, restore, restore_status,
-                     sample_tree, snapshot, succeeded)
-from cluster_helpers import ThrottledRelay, wait_until
+from backups import condition, events, large_run, restore, restore_status, snapshot, throttled_s3_destination
+from cluster_helpers import wait_until
 from daoflow_operator import progress
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("real_node")]
@@ -30,30 +28,14 @@ OPERATOR = "system:serviceaccount:daoflow-system:daoflow-operator"
 
 @pytest.fixture
 def relay(cluster, namespace, s3):
-    """A BackupDestination on the real S3 server, reached by pods through a throttled relay."""
-    cluster.kubectl("create", "secret", "generic", "s3-creds", "-n", namespace,
-                    f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}",
-                    f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.secret_key}")
-    with ThrottledRelay(s3.port, RATE) as r:
-        cluster.apply({"apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupDestination",
-                       "metadata": {"name": "slow-s3", "namespace": namespace},
-                       "spec": {"s3": {"endpoint": f"http://{cluster.forward(r.port)}", "allowInsecureHTTP": True,
-                                       "bucket": s3.bucket, "prefix": f"{namespace}/", "forcePathStyle": True,
-                                       "credentialsSecretRef": {"name": "s3-creds"}}}})
+    """A BackupDestination slow-s3 on the real S3 server, reached by pods through a throttled relay."""
+    with throttled_s3_destination(cluster, namespace, s3, RATE) as r:
         yield r
 
 
 def slow_restore(cluster, namespace, s3, tmp_path):
-    """A restore of a 16 MiB artifact into an empty claim; returns (name, target folder, source tree)."""
-    tree = sample_tree(tmp_path / "tree")
-    with open(tree / "large.bin", "wb") as f:  # incompressible: the artifact stays 16 MiB
-        for _ in range(4):
-            f.write(os.urandom(4 << 20))
-    artifact = make_artifact(tree, tmp_path / "artifact.tar.zst")
-    s3.upload(f"{namespace}/{ARTIFACT_PATH}", tmp_path / "artifact.tar.zst")
-    status = succeeded()
-    status["artifact"].update(artifact)
-    backup_run(cluster, namespace, destination_name="slow-s3", status=status)
+    """A restore of a 16 MiB artifact into an empty claim; returns (name, target folder, source tree, size)."""
+    tree, artifact = large_run(cluster, namespace, s3, tmp_path, "slow-s3")
     target = cluster.volume_dir(f"{namespace}-app-data")  # the empty claim backup_run made
     return restore(cluster, namespace), target, tree, artifact["sizeBytes"]
 

@@ -8,7 +8,6 @@ import threading
 import kopf
 
 from daoflow_operator import logs
-from daoflow_operator.__main__ import main as operator_main  # noqa: F401 - the flag parses (below)
 
 
 def json_logger(stream: io.StringIO) -> logging.Logger:
