@@ -58,6 +58,8 @@ class ThrottledRelay:
                 relay._serve(self.request)
 
         self.target_port, self.rate = target_port, bytes_per_second
+        self.flowing = threading.Event()  # cleared: the answers are held (a stalled link), see pause()
+        self.flowing.set()
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
@@ -76,10 +78,19 @@ class ThrottledRelay:
             chunk = max(1, self.rate // 20)  # twenty sends a second: smooth, not bursts
             with contextlib.suppress(OSError):
                 while data := upstream.recv(chunk):
+                    self.flowing.wait()
                     client.sendall(data)
                     time.sleep(len(data) / self.rate)
 
+    def pause(self) -> None:
+        """Holds every answer until resume(): connections stay open, nothing flows."""
+        self.flowing.clear()
+
+    def resume(self) -> None:
+        self.flowing.set()
+
     def close(self) -> None:
+        self.flowing.set()
         self.server.shutdown()
         self.server.server_close()
 

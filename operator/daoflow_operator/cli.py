@@ -6,6 +6,11 @@
     daoflow approval request --backup-run-id NAME [--reason TEXT] [--ttl 7h] [--json]
     daoflow approval list | show NAME [--json]
     daoflow approval approve|reject NAME [--comment TEXT]
+    daoflow backup restore cancel NAME [--wait]
+    daoflow backup restore status NAME [--json] [--wait]
+    daoflow backup restore logs NAME
+
+`--wait` follows a restore to its end: a live progress bar on a terminal, plain lines otherwise.
 
 A dry run reads the BackupRun, its destination and the target claim, asks whether you may restore
 into the target (a SelfSubjectAccessReview), and prints the plan computed by the same function the
@@ -38,6 +43,7 @@ EXIT_FORBIDDEN = 5
 EXIT_API_ERROR = 6
 EXIT_APPROVAL_REJECTED = 7  # --wait: the restore's approval was rejected
 EXIT_APPROVAL_EXPIRED = 8  # --wait: it expired before the restore ran
+EXIT_REFUSED = 9  # the API server refused the request as it is (e.g. cancelling a restore that has ended)
 
 
 class CliError(Exception):
@@ -89,6 +95,8 @@ def _api_call(call, what: str):
             pass
         if exc.status in (401, 403):
             raise CliError(f"{what}: forbidden: {reason or exc.reason}", EXIT_FORBIDDEN)
+        if exc.status == 422:  # an admission policy or the schema said why
+            raise CliError(f"{what}: refused: {reason or exc.reason}", EXIT_REFUSED)
         raise CliError(f"{what}: the API server answered {exc.status} {exc.reason}" + (f": {reason}" if reason else ""),
                        EXIT_API_ERROR)
     except (HTTPError, OSError) as exc:
@@ -223,6 +231,8 @@ def print_plan(result: planning.PlanResult, out) -> None:
 
 
 def cmd_restore(args) -> int:
+    if not args.backup_run_id:
+        raise CliError("--backup-run-id is required", EXIT_USAGE)
     if args.dry_run and args.yes:
         raise CliError("--dry-run and --yes exclude each other", EXIT_USAGE)
     if not args.dry_run and not args.yes and not sys.stdin.isatty():
@@ -281,23 +291,84 @@ def create_restore(client, namespace: str, spec: models.BackupRestoreSpec, name:
 APPROVAL_EXITS = {"ApprovalRejected": EXIT_APPROVAL_REJECTED, "ApprovalExpired": EXIT_APPROVAL_EXPIRED}
 
 
+def describe_progress(progress: dict) -> str:
+    """One line for status.progress: bytes, percent, files, throughput, ETA."""
+    done, total = progress.get("bytesDone", 0), progress.get("bytesTotal")
+    text = f"{done}/{total} bytes" if total else f"{done} bytes"
+    if progress.get("percent") is not None:
+        text += f" ({progress['percent']}%)"
+    text += f", {progress.get('filesDone', 0)} files"
+    if progress.get("throughputBytesPerSecond") is not None:
+        text += f", {progress['throughputBytesPerSecond']} B/s"
+    if progress.get("etaSeconds") is not None:
+        text += f", ETA {progress['etaSeconds']} s"
+    return text
+
+
+class ProgressBar:
+    """status.progress as a live bar (tqdm) on a terminal. tqdm writes to the raw stream: its carriage
+    returns are its own; what comes from the cluster is escaped before it reaches the bar."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        stream = sys.stderr._stream if isinstance(sys.stderr, SafeOutput) else sys.stderr
+        self.bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, file=stream, dynamic_ncols=True,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
+                                   "{rate_fmt}]")
+
+    def update(self, phase: str | None, progress: dict) -> None:
+        self.bar.set_description_str(escape(str(phase or "Pending")), refresh=False)
+        if progress.get("bytesTotal"):
+            self.bar.total = progress["bytesTotal"]
+        # Never the full bar before the end: the operator's percentage is at most 99 until then.
+        done = progress.get("bytesDone", 0)
+        if progress.get("percent") is not None and progress.get("bytesTotal"):
+            done = min(done, progress["bytesTotal"] * progress["percent"] // 100)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def write(self, line: str) -> None:
+        self.bar.write(escape(line), file=sys.stdout._stream if isinstance(sys.stdout, SafeOutput) else sys.stdout)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def wait_for(client, namespace: str, name: str, timeout: float) -> int:
     deadline = time.monotonic() + timeout
-    seen_phase, seen_audit = None, 0
+    bar = ProgressBar() if sys.stderr.isatty() else None
+    try:
+        return _follow(client, namespace, name, deadline, timeout, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _follow(client, namespace: str, name: str, deadline: float, timeout: float, bar) -> int:
+    seen_phase, seen_audit, seen_progress = None, 0, None
+    say = print if bar is None else bar.write  # lines above the bar, not through it
     while time.monotonic() < deadline:
         obj = _custom(client, namespace, "backuprestores", name, "BackupRestore")
         status = obj.get("status") or {}
         trail = status.get("auditTrail") or []
         for entry in trail[seen_audit:]:
-            print(f"  {entry['time']}  {entry['step']:<8} {entry['outcome']:<8} {escape(str(entry['message']))}")
+            say(f"  {entry['time']}  {entry['step']:<8} {entry['outcome']:<8} {escape(str(entry['message']))}")
         seen_audit = len(trail)
         phase = status.get("phase")
         if phase != seen_phase and phase:
-            print(f"phase: {phase}")
+            say(f"phase: {phase}")
             if phase == "AwaitingApproval":
                 waiting = next((c for c in status.get("conditions", []) if c["type"] == "Approved"), {})
-                print(f"waiting for approval: {escape(str(waiting.get('message')))}")
+                say(f"waiting for approval: {escape(str(waiting.get('message')))}")
             seen_phase = phase
+        progress = status.get("progress")
+        if progress and progress != seen_progress:
+            if bar is not None:
+                bar.update(phase, progress)
+            else:
+                print(f"progress: {escape(describe_progress(progress))}")
+            seen_progress = progress
         if status.get("completionTime"):
             ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
             if ready.get("status") == "True":
@@ -308,6 +379,109 @@ def wait_for(client, namespace: str, name: str, timeout: float) -> int:
     print(f"error: timed out after {timeout:.0f}s; the restore goes on: kubectl describe backuprestore {name} "
           f"-n {namespace}", file=sys.stderr)
     return EXIT_RESTORE_FAILED
+
+
+def cmd_cancel(args) -> int:
+    """Asks the operator to cancel a running restore: one annotation, which admission guards (the scope
+    backup:restore; not once it has ended) and next to which the API server records who asked."""
+    import kubernetes
+
+    from .status import CANCEL_REQUESTED, CANCEL_REQUESTED_BY
+
+    namespace = _namespace(args)
+    client = _client(args)
+    obj = _custom(client, namespace, "backuprestores", args.name, "BackupRestore")
+    status = obj.get("status") or {}
+    annotations = obj["metadata"].get("annotations") or {}
+    if status.get("completionTime"):
+        raise CliError(f"BackupRestore {args.name} has already ended ({status.get('phase')}): there is nothing "
+                       "to cancel", EXIT_REFUSED)
+    if CANCEL_REQUESTED in annotations:
+        print(f"cancellation of backuprestore.{models.GROUP}/{args.name} was already requested by "
+              f"{escape(str(annotations.get(CANCEL_REQUESTED_BY)))}")
+    else:
+        api = kubernetes.client.CustomObjectsApi(client)
+        body = {"metadata": {"annotations": {CANCEL_REQUESTED: "true"}}}
+        try:
+            written = _api_call(lambda: api.patch_namespaced_custom_object(
+                models.GROUP, models.VERSION, namespace, "backuprestores", args.name, body,
+                _content_type="application/merge-patch+json"), f"cancelling BackupRestore {args.name!r}")
+        except CliError as exc:
+            if exc.code == EXIT_FORBIDDEN and "backup:restore" not in str(exc):
+                raise CliError(f"{exc}; cancelling a restore needs the scope backup:restore", EXIT_FORBIDDEN)
+            raise
+        by = (written["metadata"].get("annotations") or {}).get(CANCEL_REQUESTED_BY)
+        print(f"backuprestore.{models.GROUP}/{args.name} cancellation requested by {escape(str(by))}; "
+              "its runner stops and rolls back what it has not committed")
+    if not args.wait:
+        return EXIT_OK
+    code = wait_for(client, namespace, args.name, args.timeout)
+    final = (_custom(client, namespace, "backuprestores", args.name, "BackupRestore").get("status") or {})
+    return EXIT_OK if final.get("phase") == "Cancelled" else code
+
+
+def cmd_status(args) -> int:
+    """A restore's state: its phase, progress, conditions and latest audit entries; --json the object."""
+    namespace = _namespace(args)
+    client = _client(args)
+    obj = _custom(client, namespace, "backuprestores", args.name, "BackupRestore")
+    if args.wait:
+        return wait_for(client, namespace, args.name, args.timeout)
+    if args.json:
+        obj.get("metadata", {}).pop("managedFields", None)
+        json.dump(obj, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    status = obj.get("status") or {}
+    spec = obj.get("spec") or {}
+    rows = [("Name", args.name), ("Namespace", namespace), ("Phase", status.get("phase") or "Pending"),
+            ("BackupRun", (spec.get("backupRunRef") or {}).get("name")), ("Dry run", bool(spec.get("dryRun"))),
+            ("Requested by", status.get("requestedBy")), ("Job", (status.get("jobRef") or {}).get("name")),
+            ("Started", status.get("startTime")), ("Completed", status.get("completionTime"))]
+    if status.get("progress"):
+        rows.append(("Progress", describe_progress(status["progress"])))
+        rows.append(("Last progress", status["progress"].get("lastProgressTime")))
+    for label, value in rows:
+        if value not in (None, ""):
+            print(f"{label + ':':<15}{escape(str(value))}")
+    conditions = status.get("conditions") or []
+    if conditions:
+        print("Conditions:")
+        for c in conditions:
+            print(f"  {escape(str(c.get('type'))):<18}{escape(str(c.get('status'))):<8}"
+                  f"{escape(str(c.get('reason'))):<22}{escape(str(c.get('message')))}")
+    trail = (status.get("auditTrail") or [])[-8:]
+    if trail:
+        print("Audit (latest):")
+        for e in trail:
+            print(f"  {e['time']}  {e['step']:<8} {e['outcome']:<8} {escape(str(e['message']))}")
+    return EXIT_OK
+
+
+def cmd_logs(args) -> int:
+    """The runner's output: the log of the newest pod of the restore's Job (needs get on pods and pods/log)."""
+    import kubernetes
+
+    namespace = _namespace(args)
+    client = _client(args)
+    obj = _custom(client, namespace, "backuprestores", args.name, "BackupRestore")
+    job = ((obj.get("status") or {}).get("jobRef") or {}).get("name")
+    if not job:
+        raise CliError(f"BackupRestore {args.name} has no Job (yet): there is no runner output", EXIT_NOT_FOUND)
+    core = kubernetes.client.CoreV1Api(client)
+    pods = _api_call(lambda: core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job}"),
+                     f"listing the pods of Job {job!r} (needs list on pods)").items
+    # Only the Job's own pods: one that merely carries its labels is not its runner (pods.judge).
+    pods = [p for p in pods if any(r.controller and r.kind == "Job" and r.name == job
+                                   for r in p.metadata.owner_references or [])]
+    if not pods:
+        raise CliError(f"Job {job} of BackupRestore {args.name} has no pod (any more): its runner output is gone; "
+                       "the runner's report is in the restore's status.result", EXIT_NOT_FOUND)
+    pod = max(pods, key=lambda p: p.metadata.creation_timestamp)
+    text = _api_call(lambda: core.read_namespaced_pod_log(pod.metadata.name, namespace, container="runner"),
+                     f"reading the log of pod {pod.metadata.name!r} (needs get on pods/log)")
+    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    return EXIT_OK
 
 
 def cmd_list(args) -> int:
@@ -466,7 +640,7 @@ def parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
 
     restore = backup.add_parser("restore", help="preview or queue a restore of a BackupRun", parents=[common])
-    restore.add_argument("--backup-run-id", required=True, metavar="NAME", help="the BackupRun to restore")
+    restore.add_argument("--backup-run-id", metavar="NAME", help="the BackupRun to restore (required)")
     restore.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     restore.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     restore.add_argument("--yes", action="store_true", help="restore without asking")
@@ -504,6 +678,22 @@ def parser() -> argparse.ArgumentParser:
         decide.add_argument("approval_name", metavar="NAME")
         decide.add_argument("--comment", help="why")
         decide.set_defaults(func=cmd_approval_decide)
+    # Verbs on one BackupRestore: `daoflow backup restore cancel|status|logs NAME`.
+    verbs = restore.add_subparsers(dest="verb", metavar="{cancel,status,logs}")
+    cancel = verbs.add_parser("cancel", help="cancel a running restore", parents=[common])
+    cancel.add_argument("name", metavar="NAME", help="the BackupRestore")
+    cancel.add_argument("--wait", action="store_true", help="follow it until it has ended")
+    cancel.add_argument("--timeout", type=float, default=600, help="with --wait: seconds to wait")
+    cancel.set_defaults(func=cmd_cancel)
+    show = verbs.add_parser("status", help="show a restore: phase, progress, conditions", parents=[common])
+    show.add_argument("name", metavar="NAME", help="the BackupRestore")
+    show.add_argument("--json", action="store_true", help="the BackupRestore object as JSON")
+    show.add_argument("--wait", action="store_true", help="follow it until it has ended")
+    show.add_argument("--timeout", type=float, default=3600, help="with --wait: seconds to wait")
+    show.set_defaults(func=cmd_status)
+    runner_logs = verbs.add_parser("logs", help="print the runner's output", parents=[common])
+    runner_logs.add_argument("name", metavar="NAME", help="the BackupRestore")
+    runner_logs.set_defaults(func=cmd_logs)
     return p
 
 

@@ -56,6 +56,13 @@ class Config:
     # volumes). Data is safe once the renames are undone; a SIGKILL during the clean-up only leaves
     # staged files for the next restore into the target to remove.
     runner_termination_grace_seconds: int = 120
+    # A running restore's progress is written into its status at most this often (seconds), and only
+    # when it advanced: one pod list and one log read per running restore per interval.
+    progress_interval_seconds: float = 10.0
+    # With no progress for this long, a running restore is marked Progressing=False/Stalled (seconds).
+    stall_timeout_seconds: float = 300.0
+    # The port of /metrics (Prometheus); 0: not served.
+    metrics_port: int = 0
     # CIDRs an S3 endpoint must resolve into (DAOFLOW_S3_ENDPOINT_ALLOWLIST, comma-separated), checked
     # by the runner after DNS; empty: any address but link-local and cloud metadata ones.
     s3_endpoint_allowlist: tuple[str, ...] = ()
@@ -90,6 +97,10 @@ class Config:
             pod_start_poll_seconds=float(env("DAOFLOW_POD_START_POLL_SECONDS", defaults.pod_start_poll_seconds)),
             runner_termination_grace_seconds=int(env("DAOFLOW_RUNNER_TERMINATION_GRACE_SECONDS",
                                                      defaults.runner_termination_grace_seconds)),
+            progress_interval_seconds=float(env("DAOFLOW_PROGRESS_WRITE_INTERVAL_SECONDS",
+                                                defaults.progress_interval_seconds)),
+            stall_timeout_seconds=float(env("DAOFLOW_STALL_TIMEOUT_SECONDS", defaults.stall_timeout_seconds)),
+            metrics_port=int(env("DAOFLOW_METRICS_PORT", defaults.metrics_port)),
             s3_endpoint_allowlist=tuple(n.strip() for n in env("DAOFLOW_S3_ENDPOINT_ALLOWLIST", "").split(",")
                                         if n.strip()),
             leader_election_lease=env("DAOFLOW_LEADER_ELECTION_LEASE", defaults.leader_election_lease),

@@ -40,16 +40,18 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
 import kopf
 
-from . import access, approvals, election, jobs, planning, pods, status as status_, targets
+from . import access, approvals, election, jobs, logs, planning, pods, progress, status as status_, targets
 from .api import models
 from .config import Config
 from .kube import Conflict, JobRefused, Kube, api_client_from_env
+from .metrics import METRICS
 
 log = logging.getLogger("daoflow_operator")
 # The final record of each restore, one JSON object a line, bare (see startup), for log pipelines.
@@ -70,7 +72,8 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     restore = kube.get_restore(namespace, name)
     if restore is None:
         return None
-    deleting = status_.deleting(restore)
+    logs.bind(logs.about(restore))  # this thread's log lines name the restore
+    deleting = status_.cancelling(restore)  # deleted, or asked to be cancelled: the same path
     if status_.is_final(restore.get("status")):
         # A Job whose pod could not start is deleted right after the final status is written;
         # should the operator have died in between, this pass (an event of that Job, or a
@@ -128,13 +131,16 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
                     observed.report = pods.termination_message(observed.pods)
                 elif (pod_uid := pods.events_needed(observed.pods, job)) is not None:
                     observed.pod_events = kube.pod_events(namespace, pod_uid)
+            elif progress.due(current, now(), config.progress_interval_seconds):
+                # While it runs, the tail of its runner's log, once per interval (progress.py).
+                observed.progress = read_progress(kube, namespace, job)
         seen = (reports or {}).get((namespace, name))
         if deleting and observed.report is None and seen and seen[0] == restore["metadata"]["uid"]:
             observed.report = seen[1]
 
     at = now()
     decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
-                              poll_interval=config.pod_start_poll_seconds)
+                              poll_interval=config.pod_start_poll_seconds, **progress_settings(config))
     if decision.review is not None or decision.recheck is not None or decision.approver is not None:
         # Once, right before the Job would be created (or a dry run's plan is done): may the
         # requester (still) restore the BackupRun, and into the target? May the approval's decider still
@@ -144,7 +150,7 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
         if decision.approver is not None:
             observed.approver_authorized = authorize_approver(kube, observed.approval, decision.approver)
         decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
-                                  poll_interval=config.pod_start_poll_seconds)
+                                  poll_interval=config.pod_start_poll_seconds, **progress_settings(config))
     if status_.needs_finalizer(restore, decision.status):
         # Before the Lease and the Job: a Job never exists without it.
         written = kube.set_finalizer(restore, status_.FINALIZER, True)
@@ -166,7 +172,8 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
             # For good (a 4xx, a quota, a name taken): decide again with the refusal, a final status.
             observed.job_refused = (refused.reason, refused.message)
             decision = status_.decide(restore, observed, at, unschedulable_timeout=config.unschedulable_timeout_seconds,
-                                      poll_interval=config.pod_start_poll_seconds)
+                                      poll_interval=config.pod_start_poll_seconds, **progress_settings(config))
+    logs.bind(logs.about(restore, decision.status))
     if status_.changed(current, decision.status):
         written = kube.patch_status(namespace, name, status_.status_patch(current, decision.status),
                                     restore["metadata"]["resourceVersion"])
@@ -181,6 +188,7 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
         # Once, on the transition to the end, next to the transition's own event that tells the outcome:
         # the record outlives the object in the logs.
         record_log.info(json.dumps(status_.final_record(restore, decision.status), separators=(",", ":")))
+        METRICS.finished(restore, decision.status)
     for event in decision.events:
         kube.post_event(restore, event.type, event.reason, event.message)
     if decision.cancel_job:
@@ -197,6 +205,21 @@ def reconcile(kube: Kube, config: Config, namespace: str, name: str,
     if ended_now and status_.has_finalizer(restore) and not let_go(kube, restore, decision.status, observed):
         decision.requeue_after = config.pod_start_poll_seconds
     return decision
+
+
+def progress_settings(config: Config) -> dict:
+    return {"progress_interval": config.progress_interval_seconds, "stall_after": config.stall_timeout_seconds}
+
+
+def read_progress(kube: Kube, namespace: str, job: dict) -> progress.Sample | None:
+    """The last progress line of the runner of the Job's own running pod (pods.judge), or None."""
+    own, _ = pods.judge(kube.job_pods(namespace, job), job)
+    running = [p for p in own if status_.pod_active(p) and pods.has_started(p)]
+    if not running:
+        return None
+    pod = max(running, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    return progress.last_sample(kube.runner_log(namespace, pod["metadata"]["name"], tail_lines=progress.TAIL_LINES,
+                                                limit_bytes=progress.MAX_LOG_BYTES))
 
 
 def let_go(kube: Kube, restore: dict, status: dict, observed: status_.Observation | None = None) -> bool:
@@ -306,6 +329,7 @@ class WorkQueue:
     _dirty: set = field(default_factory=set)
     _timers: dict = field(default_factory=dict)
     _queue: asyncio.Queue | None = None
+    _added: dict = field(default_factory=dict)  # when each pending key was put on the queue (metrics)
 
     def add(self, key: Key, delay: float = 0.0) -> None:
         if delay > 0:
@@ -318,6 +342,8 @@ class WorkQueue:
             self._dirty.add(key)  # processed again right after the current pass
         elif key not in self._pending:
             self._pending.add(key)
+            self._added[key] = time.monotonic()
+            METRICS.queue_depth.set(len(self._pending))
             self._ensure_queue().put_nowait(key)
 
     def _ensure_queue(self) -> asyncio.Queue:
@@ -335,7 +361,10 @@ class WorkQueue:
             if self.gate is not None and not self.gate.is_set():
                 await self.gate.wait()  # the key stays pending, so re-adds still coalesce
             self._pending.discard(key)
+            METRICS.queue_depth.set(len(self._pending))
+            METRICS.queue_latency.observe(time.monotonic() - self._added.pop(key, time.monotonic()))
             self._active.add(key)
+            began = time.monotonic()
             try:
                 delay = await self.process(key)
                 self._failures.pop(key, None)
@@ -343,6 +372,7 @@ class WorkQueue:
                 raise
             except Exception as exc:  # noqa: BLE001 - one bad object must not stop the operator
                 delay = self.failure_delay(key)
+                METRICS.queue_retries.inc()
                 if self._failures[key] == 1:
                     log.exception("reconciling %s/%s failed; retrying in %.0fs", *key, delay)
                 else:
@@ -350,6 +380,7 @@ class WorkQueue:
                                 exc.__class__.__name__, str(exc).splitlines()[0] if str(exc) else "", delay)
             finally:
                 self._active.discard(key)
+                METRICS.queue_work.observe(time.monotonic() - began)
             if key in self._dirty:
                 self._dirty.discard(key)
                 self.add(key)
@@ -398,6 +429,7 @@ class Operator:
             return 1.0  # changed since it was read: look again
 
     async def process(self, key: Key) -> float | None:
+        logs.bind({"namespace": key[0], "name": key[1]})  # until a reconcile knows more
         for _ in range(5):
             try:
                 decision = await asyncio.to_thread(reconcile, self.kube, self.config, *key, reports=self.reports)
@@ -406,6 +438,7 @@ class Operator:
                 continue
             if decision is None or status_.is_final(decision.status):
                 self.reports.pop(key, None)
+            METRICS.observe(key, decision.status if decision is not None else None)
             if decision is not None and decision.wait is not None:
                 # The backoff, but never past the wait deadline (requeue_after), which sends no event.
                 return min(self.wait_delay(key), decision.requeue_after or float("inf"))
@@ -451,6 +484,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
         memo.elector.start()
     memo.worker = asyncio.create_task(memo.operator.queue.run())
     memo.approval_worker = asyncio.create_task(memo.operator.approvals.run())
+    if memo.operator.config.metrics_port and not getattr(METRICS, "served", False):
+        METRICS.serve(memo.operator.config.metrics_port)
+        METRICS.served = True
+        logger.info("metrics on port %d (/metrics)", memo.operator.config.metrics_port)
     logger.info("daoflow-operator started; runner image %s", memo.operator.config.runner_image)
 
 
@@ -494,9 +531,10 @@ def restores_by_target(namespace, name, status, **_):
 
 
 @kopf.index(models.GROUP, models.VERSION, "backuprestores")
-def restores_being_deleted(namespace, name, uid, meta, **_):
-    """Restores being deleted, by uid (their pods' label), so their pods' events reach them."""
-    return {(namespace, uid): name} if meta.get("deletionTimestamp") else None
+def restores_being_deleted(namespace, name, uid, meta, status, **_):
+    """Restores being deleted or cancelled, by uid (their pods' label), so their pods' events reach them."""
+    cancelled = status_.CANCEL_REQUESTED in (meta.get("annotations") or {}) and not status_.is_final(status)
+    return {(namespace, uid): name} if meta.get("deletionTimestamp") or cancelled else None
 
 
 @kopf.index(models.GROUP, models.VERSION, "backuprestores")

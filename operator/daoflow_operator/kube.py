@@ -28,8 +28,9 @@ from typing import Callable, TypeVar
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from . import access, planning, targets
+from . import access, planning, pods, targets
 from .api import models
+from .metrics import METRICS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,6 +93,7 @@ def with_retries(call: Callable[[], T], what: str, attempts: int = 6, base: floa
         try:
             return call()
         except ApiException as exc:
+            METRICS.api_errors.labels(str(exc.status)).inc()
             if exc.status == 409:
                 raise Conflict(what) from exc
             if exc.status not in RETRIABLE or attempt == attempts:
@@ -309,6 +311,19 @@ class Kube:
             lambda: self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/controller-uid={uid}"),
             f"list pods of job {namespace}/{job['metadata']['name']}")
         return [self.client.sanitize_for_serialization(p) for p in pods.items]
+
+    def runner_log(self, namespace: str, pod: str, tail_lines: int | None = None,
+                   limit_bytes: int | None = None) -> str | None:
+        """The runner container's log (its tail), or None when it cannot be read: progress is best effort,
+        never a reason for a pass to fail."""
+        kwargs = {k: v for k, v in (("tail_lines", tail_lines), ("limit_bytes", limit_bytes)) if v is not None}
+        try:
+            return self._retry(lambda: self.core.read_namespaced_pod_log(pod, namespace, container=pods.RUNNER,
+                                                                          **kwargs),
+                               f"read the log of pod {namespace}/{pod}")
+        except ApiException as exc:
+            log.info("the log of pod %s/%s cannot be read: HTTP %s", namespace, pod, exc.status)
+            return None
 
     def pod_events(self, namespace: str, pod_uid: str) -> list[dict]:
         """The events about one pod (the kubelet reports mount failures only there)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import access, approvals, planning, pods as pods_, targets
+from . import access, approvals, planning, pods as pods_, progress as progress_, targets
 from .api import models
 
 AUDIT_LIMIT = 64
@@ -38,6 +38,7 @@ ARTIFACT_VERIFIED = "ArtifactVerified"
 SUCCEEDED = "Succeeded"
 READY = "Ready"
 APPROVED = "Approved"  # only on a restore with spec.approvalRef
+PROGRESSING = progress_.PROGRESSING
 
 # Reasons the operator itself gives (planning.py has those of validation).
 JOB_CREATED = "JobCreated"
@@ -51,6 +52,11 @@ CANCELLED = "Cancelled"
 INTERRUPTED = "Interrupted"  # the runner's report after a signal: it rolled the target back
 # The operator's own finalizer: a restore that may have a Job is not removed before its Job has ended.
 FINALIZER = "backup.daoflow.dev/cancel-on-delete"
+# `daoflow backup restore cancel` sets CANCEL_REQUESTED; the API server records who did in CANCEL_REQUESTED_BY
+# (the policies daoflow-record-canceller and daoflow-cancel-requires-scope in manifests/scopes.yaml). It
+# takes the path of a deletion, without removing the record.
+CANCEL_REQUESTED = "backup.daoflow.dev/cancel-requested"
+CANCEL_REQUESTED_BY = "backup.daoflow.dev/cancel-requested-by"
 REPORT_MISSING = "ReportMissing"
 TARGET_BUSY = targets.TARGET_BUSY
 REQUESTER_NO_LONGER_AUTHORIZED = "RequesterNoLongerAuthorized"
@@ -90,6 +96,9 @@ class Observation:
     # Whether its decider may still approve it, asked with `authorization` when the Decision says
     # `approver` (None: not asked).
     approver_authorized: planning.Authorization | None = None
+    # The runner's last progress line, read from its log while it runs and a progress write is due
+    # (None: not read, or no line yet).
+    progress: progress_.Sample | None = None
 
 
 @dataclass
@@ -145,6 +154,23 @@ def deleting(restore: dict) -> bool:
     return bool((restore.get("metadata") or {}).get("deletionTimestamp"))
 
 
+def cancel_requested(restore: dict) -> bool:
+    return CANCEL_REQUESTED in ((restore.get("metadata") or {}).get("annotations") or {})
+
+
+def cancelling(restore: dict) -> bool:
+    """Deleted, or asked to be cancelled: either way its Job is stopped and it ends Cancelled."""
+    return deleting(restore) or cancel_requested(restore)
+
+
+def cancel_cause(restore: dict) -> str:
+    """Why the restore is cancelled, for its messages: deletion wins over a request."""
+    if deleting(restore):
+        return "the BackupRestore was deleted"
+    who = ((restore.get("metadata") or {}).get("annotations") or {}).get(CANCEL_REQUESTED_BY)
+    return f"cancellation was requested by {who or 'an unknown user'}"
+
+
 def has_finalizer(restore: dict) -> bool:
     return FINALIZER in ((restore.get("metadata") or {}).get("finalizers") or [])
 
@@ -188,6 +214,8 @@ def final_record(restore: dict, status: dict) -> dict[str, Any]:
         "phase": status.get("phase"), "reason": reason, "message": message,
         "requestedBy": status.get("requestedBy"), "startTime": status.get("startTime"),
         "completionTime": status.get("completionTime"), "deleted": deleting(restore),
+        "cancelRequestedBy": ((meta.get("annotations") or {}).get(CANCEL_REQUESTED_BY)
+                              if cancel_requested(restore) else None),
         "verified": result.get("verified"), "bytes": result.get("bytes"), "files": result.get("files"),
         "sha256": result.get("sha256") or (plan.get("artifact") or {}).get("sha256"),
         "planHash": plan.get("planHash"), "target": plan.get("target"),
@@ -225,6 +253,8 @@ def derive_phase(status: dict) -> str:
     succeeded, validated, started = cond(SUCCEEDED), cond(VALIDATED), cond(STARTED)
     if succeeded.get("status") == "True":
         return "Succeeded"
+    if succeeded.get("status") == "False" and succeeded.get("reason") == CANCELLED:
+        return "Cancelled"
     if succeeded.get("status") == "False":
         return "Failed"
     if validated.get("status") == "False" and status.get("completionTime"):
@@ -343,12 +373,43 @@ FOLLOW_UP = {
 }
 
 
+def follow_progress(status: dict, sample: progress_.Sample | None, now: datetime, generation: int | None,
+                    events: list[Event], interval: float, stall_after: float) -> float:
+    """Progress of a running restore into status (at most one write per `interval`), and the Progressing
+    condition: False/Stalled after `stall_after` seconds without progress, True again when it resumes.
+    Returns how soon to look again."""
+    since = (get_condition(status, STARTED) or {}).get("lastTransitionTime")
+    total = ((status.get("plan") or {}).get("artifact") or {}).get("sizeBytes")
+    progress_.advance(status, sample, total, since, now, interval, fmt_time)
+    idle = progress_.idle_seconds(status, since, now) or 0.0
+    old = dict(get_condition(status, PROGRESSING) or {})  # set_condition changes it in place
+    if idle >= stall_after:
+        last = (status.get("progress") or {}).get("lastProgressTime") or since
+        message = (f"no progress since {last} ({stall_after:g} s or more); the restore goes on and fails only "
+                   "at its deadline")
+        if set_condition(status, PROGRESSING, "False", progress_.STALLED, message, generation, now):
+            audit(status, now, "execute", "waiting", message)
+            events.append(Event("Warning", progress_.STALLED, message))
+    elif old.get("status") != "True":
+        set_condition(status, PROGRESSING, "True", progress_.ADVANCING, "the runner reports progress",
+                      generation, now)
+        if old.get("reason") == progress_.STALLED:
+            message = f"progress resumed: {(status.get('progress') or {}).get('bytesDone', 0)} bytes restored"
+            audit(status, now, "execute", "ok", message)
+            events.append(Event("Normal", progress_.RESUMED, message))
+    age = progress_.idle_seconds(status, None, now)
+    next_write = interval - age if age is not None and age < interval else interval
+    return max(1.0, min(next_write, stall_after - idle if idle < stall_after else interval))
+
+
 def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable_timeout: float = 300.0,
-           poll_interval: float = 5.0) -> Decision:
+           poll_interval: float = 5.0, progress_interval: float = 10.0, stall_after: float = 300.0) -> Decision:
     """The next status of a BackupRestore, given what was observed. Pure.
 
     `unschedulable_timeout`: how long a pod may stay unschedulable before the restore fails;
-    `poll_interval`: how soon to look again at a Job whose pod has not started.
+    `poll_interval`: how soon to look again at a Job whose pod has not started; `progress_interval`:
+    the least time between two progress writes; `stall_after`: seconds without progress before the
+    restore is marked Stalled.
     """
     old = restore.get("status") or {}
     if is_final(old):
@@ -362,6 +423,8 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
 
     def finish() -> None:
         status["completionTime"] = fmt_time(now)
+        if get_condition(status, PROGRESSING):
+            set_condition(status, PROGRESSING, "False", progress_.ENDED, "the restore has ended", generation, now)
         # A real restore holds its target from just before its Job is created: let go of it.
         held = old.get("jobRef") or (observed.target is not None and observed.target.state == "ours")
         if not spec.dry_run and held:
@@ -371,14 +434,15 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
     if requester and not status.get("requestedBy"):
         status["requestedBy"] = requester.user
     by = f" requested by {status['requestedBy']}" if status.get("requestedBy") else ""
-    cancel = deleting(restore)
+    cancel = cancelling(restore)
+    cause = cancel_cause(restore) if cancel else ""
 
     if cancel and not status.get("jobRef") and observed.job is not None:
         # Its Job was created by a pass that died before recording it: followed (and cancelled) below.
         status["jobRef"] = {"name": observed.job["metadata"]["name"]}
     if cancel and not status.get("jobRef"):
         # Deleted before its Job was created: released, final; no Job is ever created for it.
-        message = "the BackupRestore was deleted before its Job was created; nothing was written to the target"
+        message = f"{cause} before its Job was created; nothing was written to the target"
         for ctype in (SUCCEEDED, READY):
             set_condition(status, ctype, "False", CANCELLED, message, generation, now)
         audit(status, now, "record", "failed", message)
@@ -612,7 +676,7 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         message = f"Job {job_name_} was deleted before it finished; the restore is not retried"
         if cancel:
             reason = CANCELLED
-            message = (f"the BackupRestore was deleted and Job {job_name_} has ended, but the runner's report "
+            message = (f"{cause} and Job {job_name_} has ended, but the runner's report "
                        "could not be read: whether it rolled the target back or had committed is not known; "
                        "check the target" + ("" if running else "; its runner was not seen running"))
         set_condition(status, SUCCEEDED, "False", reason, message, generation, now)
@@ -622,7 +686,8 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         finish()
     elif outcome == "cancelling":
         if (get_condition(status, READY) or {}).get("reason") != CANCELLING:
-            message = (f"the BackupRestore is being deleted: Job {job_name_} is deleted and its runner stopped; "
+            lead = "the BackupRestore is being deleted" if deleting(restore) else cause
+            message = (f"{lead}: Job {job_name_} is deleted and its runner stopped; "
                        "it rolls back what it has not committed, and the record stays until its pod has ended")
             set_condition(status, READY, "False", CANCELLING, message, generation, now)
             audit(status, now, "execute", "waiting", message)
@@ -687,10 +752,13 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
             events.append(Event("Warning", REPORT_MISSING, f"Job {job_name_} completed, but {detail}"))
         message = f"restored from BackupRun {spec.backup_run_ref.name} by Job {job_name_}"
         if cancel:
-            message += ("; the BackupRestore was deleted while it ran, but the runner had already committed: "
+            message += (f"; {cause} while it ran, but the runner had already committed: "
                         "the target holds the restored data")
         set_condition(status, SUCCEEDED, "True", RESTORE_SUCCEEDED, message, generation, now)
         set_condition(status, READY, "True", RESTORE_SUCCEEDED, message, generation, now)
+        if "progress" in status or running:
+            progress_.completed(status, (plan.get("artifact") or {}).get("sizeBytes"),
+                                (report or {}).get("files"), fmt_time, now)
         target = plan.get("target") or {}
         claim = (target.get("persistentVolumeClaim") or {}).get("claimName", "")
         if target.get("type") in FOLLOW_UP:
@@ -708,7 +776,7 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         message = f"Job {job_name_} failed: {message}"
         if cancel and reason == INTERRUPTED:
             reason = CANCELLED
-            message = (f"Job {job_name_} was cancelled: the BackupRestore was deleted, and the runner stopped "
+            message = (f"Job {job_name_} was cancelled: {cause}, and the runner stopped "
                        f"and rolled the target back ({(report or {}).get('message')})")
         # A content mismatch fails verification as a checksum mismatch does: the artifact is
         # not the one recorded, even though its bytes are.
@@ -721,6 +789,9 @@ def decide(restore: dict, observed: Observation, now: datetime, *, unschedulable
         audit(status, now, "record", "failed", "the restore failed and is not retried; the BackupRun was not changed")
         events.append(Event("Warning", reason, message))
         finish()
+    if outcome == "running" and not is_final(status):
+        decision.requeue_after = follow_progress(status, observed.progress, now, generation, events,
+                                                 progress_interval, stall_after)
     status["observedGeneration"] = generation
     status["phase"] = derive_phase(status)
     return decision

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from cluster_helpers import Cluster, wait_until
+from cluster_helpers import Cluster, ThrottledRelay, wait_until
 
 GROUP = "backup.daoflow.dev"
 SHA = hashlib.sha256(b"daoflow").hexdigest()
@@ -188,3 +189,34 @@ def events(cluster: Cluster, namespace: str, name: str) -> list[dict]:
 def settle(seconds: float = 2.0) -> None:
     """Gives an operator time to do something it must not do, before the test checks it did not."""
     time.sleep(seconds)
+
+
+@contextlib.contextmanager
+def throttled_s3_destination(cluster: Cluster, namespace: str, s3, rate: int, name: str = "slow-s3"):
+    """A BackupDestination `name` on the real S3 server, reached by pods through a ThrottledRelay of
+    `rate` bytes a second (yielded: it can be paused)."""
+    cluster.kubectl("create", "secret", "generic", "s3-creds", "-n", namespace,
+                    f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}",
+                    f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.secret_key}")
+    with ThrottledRelay(s3.port, rate) as relay:
+        cluster.apply({"apiVersion": f"{GROUP}/v1alpha1", "kind": "BackupDestination",
+                       "metadata": {"name": name, "namespace": namespace},
+                       "spec": {"s3": {"endpoint": f"http://{cluster.forward(relay.port)}", "allowInsecureHTTP": True,
+                                       "bucket": s3.bucket, "prefix": f"{namespace}/", "forcePathStyle": True,
+                                       "credentialsSecretRef": {"name": "s3-creds"}}}})
+        yield relay
+
+
+def large_run(cluster: Cluster, namespace: str, s3, tmp_path: Path, destination_name: str) -> tuple[Path, dict]:
+    """A Succeeded BackupRun of sample_tree() plus 16 MiB of random bytes (incompressible), uploaded to
+    the S3 server; returns the source tree and the artifact's fields."""
+    tree = sample_tree(tmp_path / "tree")
+    with open(tree / "large.bin", "wb") as f:
+        for _ in range(4):
+            f.write(os.urandom(4 << 20))
+    artifact = make_artifact(tree, tmp_path / "artifact.tar.zst")
+    s3.upload(f"{namespace}/{ARTIFACT_PATH}", tmp_path / "artifact.tar.zst")
+    status = succeeded()
+    status["artifact"].update(artifact)
+    backup_run(cluster, namespace, destination_name=destination_name, status=status)
+    return tree, artifact

@@ -9,16 +9,15 @@ a throttled relay: a slow link, so the restore is still writing when it is delet
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from backups import (ARTIFACT_PATH, application_data, backup_run, condition, events, jobs, make_artifact, restore,
-                     sample_tree, settle, snapshot, succeeded)
-from cluster_helpers import ThrottledRelay, wait_until
+from backups import (application_data, condition, events, jobs, large_run, restore, settle, snapshot,
+                     throttled_s3_destination)
+from cluster_helpers import wait_until
 from daoflow_operator import status as status_
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("real_node")]
@@ -36,15 +35,7 @@ class SlowReplace:
 @pytest.fixture
 def slow_s3(cluster, namespace, s3):
     """A BackupDestination on the real S3 server, reached by pods through a throttled relay."""
-    cluster.kubectl("create", "secret", "generic", "s3-creds", "-n", namespace,
-                    f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}",
-                    f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.secret_key}")
-    with ThrottledRelay(s3.port, RATE) as relay:
-        cluster.apply({"apiVersion": "backup.daoflow.dev/v1alpha1", "kind": "BackupDestination",
-                       "metadata": {"name": "slow-s3", "namespace": namespace},
-                       "spec": {"s3": {"endpoint": f"http://{cluster.forward(relay.port)}", "allowInsecureHTTP": True,
-                                       "bucket": s3.bucket, "prefix": f"{namespace}/", "forcePathStyle": True,
-                                       "credentialsSecretRef": {"name": "s3-creds"}}}})
+    with throttled_s3_destination(cluster, namespace, s3, RATE):
         yield "slow-s3"
 
 
@@ -53,15 +44,7 @@ def start_slow_replace(cluster, namespace, s3, destination: str, tmp_path) -> Sl
     into the target (its staging folder)."""
     target = application_data(cluster, namespace)
     before = snapshot(target)
-    tree = sample_tree(tmp_path / "tree")
-    with open(tree / "large.bin", "wb") as f:  # incompressible: the artifact stays 16 MiB
-        for _ in range(4):
-            f.write(os.urandom(4 << 20))
-    artifact = make_artifact(tree, tmp_path / "artifact.tar.zst")
-    s3.upload(f"{namespace}/{ARTIFACT_PATH}", tmp_path / "artifact.tar.zst")
-    status = succeeded()
-    status["artifact"].update(artifact)
-    backup_run(cluster, namespace, destination_name=destination, status=status)
+    large_run(cluster, namespace, s3, tmp_path, destination)
     name = restore(cluster, namespace, existingData="Replace")
 
     def staged() -> int:
@@ -98,7 +81,7 @@ def assert_cancelled_record(log: str, namespace: str, restore_: SlowReplace, uid
     assert len(lines) == 1, lines
     record = lines[0]
     assert (record["kind"], record["namespace"], record["phase"], record["reason"], record["deleted"]) == (
-        "BackupRestore", namespace, "Failed", status_.CANCELLED, True)
+        "BackupRestore", namespace, "Cancelled", status_.CANCELLED, True)
     assert "rolled the target back" in record["message"], record
     assert record["uid"] == uid and record["job"] == f"{restore_.name}-restore"
     assert record["target"]["persistentVolumeClaim"]["claimName"] == "app-data"

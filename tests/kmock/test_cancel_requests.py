@@ -137,13 +137,13 @@ async def test_a_cancel_whose_pod_went_before_a_pass_read_it_uses_the_report_its
     assert requests(k8s) == [RESTORE, JOB, PATCH, EVENT, LEASE, FINALIZE]
     assert list(k8s)[-1].data["metadata"]["finalizers"] is None and gone(k8s)
     status = written_status(k8s)
-    assert status["phase"] == "Failed" and status["completionTime"]
+    assert status["phase"] == "Cancelled" and status["completionTime"]
     succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
     assert succeeded["reason"] == status_.CANCELLED and "rolled the target back" in succeeded["message"]
     assert len(records) == 1
     record = json.loads(records[0])
     assert (record["name"], record["uid"], record["phase"], record["reason"], record["deleted"]) == (
-        "r1", "uid-r1", "Failed", status_.CANCELLED, True)
+        "r1", "uid-r1", "Cancelled", status_.CANCELLED, True)
     assert ("ns", "r1") not in operator.reports
 
 
@@ -199,7 +199,7 @@ async def test_a_waiting_restore_that_is_deleted_is_released_without_a_job(k8s, 
     assert ("POST", "/apis/batch/v1/namespaces/ns/jobs") not in seen and TAKE_LEASE not in seen
     assert seen == [RESTORE, JOB, PATCH, EVENT, LEASE, FINALIZE]  # no Job left by a pass that died (404)
     status = written_status(k8s)
-    assert status["phase"] == "Failed" and "before its Job was created" in status["conditions"][-1]["message"]
+    assert status["phase"] == "Cancelled" and "before its Job was created" in status["conditions"][-1]["message"]
     assert gone(k8s)
     assert len(records) == 1 and json.loads(records[0])["reason"] == status_.CANCELLED
 

@@ -168,14 +168,20 @@ async def test_a_job_left_behind_by_a_crash_after_the_final_status_is_deleted_by
     assert k8s.objects[RESTORES, "ns", "r1"].raw["status"] == final  # a final record is never written
 
 
-async def test_a_running_restore_reads_no_pods_and_a_finished_one_reads_nothing_more(k8s):
+async def test_a_running_restore_reads_its_pods_only_for_progress_and_a_finished_one_reads_nothing_more(k8s):
     running = queued_status(started="JobRunning", reason="Running", message="fetching")
     running["phase"] = "Running"
     with_restore(k8s, running)
     k8s.objects[JOBS, "ns", "r1-restore"] = job(ready=0)
     operator = operator_for(k8s)
     assert await operator.process(("ns", "r1")) is None
-    assert requests(k8s) == [RESTORE, JOB]
+    # No progress written yet, so a progress read is due: its pods (none here, so no log to read).
+    assert requests(k8s) == [RESTORE, JOB, LIST_PODS]
+    running["progress"] = {"bytesDone": 1, "lastProgressTime": "2999-01-01T00:00:00Z"}
+    with_restore(k8s, running)
+    seen = len(list(k8s))
+    assert await operator.process(("ns", "r1")) is None
+    assert requests(k8s, seen) == [RESTORE, JOB]  # a write within the interval: no read at all
 
     done = queued_status(started="JobRunning", reason="RestoreSucceeded", message="restored")
     done.update(phase="Succeeded", completionTime="2026-11-27T12:05:00Z")

@@ -63,7 +63,7 @@ def test_a_waiting_restore_that_is_deleted_is_released_and_never_gets_a_job():
     r = deleted(restore())
     d = decide(r, Observation(run=run(), destination=s3_destination(), target=free(), authorization=allowed(), still_authorized=still()), T0)
     assert not d.create_job and d.acquire is None and d.review is None
-    assert d.status["completionTime"] and d.status["phase"] == "Failed"
+    assert d.status["completionTime"] and d.status["phase"] == "Cancelled"
     assert cond(d.status, "Succeeded")["reason"] == status.CANCELLED
     assert "before its Job was created" in cond(d.status, "Ready")["message"]
     assert [e.reason for e in d.events] == [status.CANCELLED]
@@ -86,7 +86,7 @@ def test_a_running_restore_that_is_deleted_cancels_its_job_and_waits_for_the_pod
     assert not again.cancel_job and not status.changed(r["status"], again.status) and again.events == []
 
 
-def test_a_cancel_whose_runner_rolled_back_is_failed_cancelled():
+def test_a_cancel_whose_runner_rolled_back_is_cancelled():
     r = deleted(running_restore())
     r = {**r, "status": decide(r, Observation(job=running_job(), pods=[]), T0).status}
     ended = ended_pod("Interrupted", 10)
@@ -94,7 +94,7 @@ def test_a_cancel_whose_runner_rolled_back_is_failed_cancelled():
                               report=ended["status"]["containerStatuses"][0]["state"]["terminated"]["message"]),
                T0 + timedelta(seconds=9))
     st = d.status
-    assert st["phase"] == "Failed" and st["completionTime"]
+    assert st["phase"] == "Cancelled" and st["completionTime"]
     assert cond(st, "Succeeded")["reason"] == status.CANCELLED
     assert "rolled the target back" in cond(st, "Succeeded")["message"]
     assert st["result"]["reason"] == "Interrupted"
@@ -114,7 +114,7 @@ def test_a_cancel_that_came_after_the_commit_is_honestly_succeeded():
 def test_a_cancelled_job_gone_without_a_report_says_that_the_outcome_is_not_known():
     r = deleted(running_restore())
     d = decide(r, Observation(job_missing=True), T0 + timedelta(seconds=9))
-    assert d.status["phase"] == "Failed"
+    assert d.status["phase"] == "Cancelled"
     assert cond(d.status, "Succeeded")["reason"] == status.CANCELLED
     assert "not known" in cond(d.status, "Succeeded")["message"]
 
@@ -137,10 +137,10 @@ def test_the_final_record_is_one_flat_json_object_with_a_stable_schema():
     line = json.dumps(record)
     assert "\n" not in line and json.loads(line) == record
     assert set(record) == {"record", "kind", "namespace", "name", "uid", "backupRun", "dryRun", "phase", "reason",
-                           "message", "requestedBy", "startTime", "completionTime", "deleted", "verified", "bytes",
+                           "message", "requestedBy", "startTime", "completionTime", "deleted", "cancelRequestedBy", "verified", "bytes",
                            "files", "sha256", "planHash", "target", "job"}
     assert (record["kind"], record["name"], record["uid"]) == ("BackupRestore", "r1", "restore-uid")
-    assert (record["phase"], record["reason"], record["deleted"]) == ("Failed", status.CANCELLED, True)
+    assert (record["phase"], record["reason"], record["deleted"]) == ("Cancelled", status.CANCELLED, True)
     assert record["requestedBy"] == "alice" and record["job"] == "r1-restore"
     assert record["target"]["persistentVolumeClaim"]["claimName"] == "data" and record["planHash"]
 

@@ -86,7 +86,8 @@ def test_the_restore_runs_only_when_the_runner_container_runs():
     r = queued()
     r = {**r, "status": observe(r, [pod(waiting="ContainerCreating")]).status}
     d = observe(r, [pod(phase="Running", running=True)], at=T0 + timedelta(seconds=20))
-    assert d.status["phase"] == "Running" and d.requeue_after is None
+    # Running: looked at again once per progress interval (the default 10 s), for its progress.
+    assert d.status["phase"] == "Running" and d.requeue_after == 10.0
     assert cond(d.status, "Started")["reason"] == "JobRunning"
     assert [e.reason for e in d.events] == ["Fetching"]
     assert d.status["auditTrail"][-1]["step"] == "fetch"

@@ -71,6 +71,10 @@ a Role in each when watchNamespaces lists them. Keep equal to manifests/rbac.yam
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]  # watch: the report of a cancelled restore's pod, seen before the pod goes
+# A running restore's progress is read from its runner's log (the runner has no API token).
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
 # The target claim is checked before the Job exists (only its metadata and status are used).
 - apiGroups: [""]
   resources: [persistentvolumeclaims]

@@ -347,6 +347,19 @@ class RestoreResult(Model):
     message: str | None = None
 
 
+class RestoreProgress(Model):
+    """What the runner reported last, written at most once per progress interval while it runs."""
+
+    bytes_done: int = Field(ge=0, description="Bytes of the artifact fetched and restored so far.")
+    bytes_total: int | None = Field(None, ge=0, description="The artifact's size, from the plan.")
+    percent: int | None = Field(None, ge=0, le=100,
+                                description="At most 99 until the restore has succeeded: fetched is not committed.")
+    files_done: int = Field(0, ge=0)
+    throughput_bytes_per_second: int | None = Field(None, ge=0, description="Since the previous progress write.")
+    eta_seconds: int | None = Field(None, ge=0)
+    last_progress_time: datetime | None = Field(None, description="When progress last advanced.")
+
+
 class AuditEntry(Model):
     time: datetime
     step: Literal["preview", "validate", "queue", "fetch", "execute", "verify", "record"]
@@ -357,7 +370,7 @@ class AuditEntry(Model):
 class BackupRestoreStatus(Model):
     observed_generation: int | None = None
     phase: Literal["Pending", "Planned", "AwaitingApproval", "Queued", "Running", "Succeeded", "Failed",
-                   "Rejected"] | None = None
+                   "Cancelled", "Rejected"] | None = None
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     plan: RestorePlan | None = None
@@ -365,6 +378,7 @@ class BackupRestoreStatus(Model):
     start_time: datetime | None = None
     completion_time: datetime | None = None
     result: RestoreResult | None = None
+    progress: RestoreProgress | None = None
     follow_up: Annotated[str, Field(max_length=4096)] | None = None
     requested_by: str | None = None
     wait_deadline_time: datetime | None = Field(

@@ -210,6 +210,11 @@ def kustomize_path(log=print) -> Path:
     return ensure_tool("kustomize", log=log)
 
 
+def promtool_path(log=print) -> Path:
+    """The pinned promtool (built once into its own cache folder): checks and tests the alert rules."""
+    return ensure_tool("promtool", log=log)
+
+
 def main() -> int:
     started = time.monotonic()
     try:

@@ -23,6 +23,9 @@ HELM = "v3.22.0"
 # way CI and GitOps tools (Argo CD, Flux) build it.
 # v5.8.2, not v5.8.3: v5.8.3 requires go >= 1.27, and the machine's toolchain is go 1.26.
 KUSTOMIZE = "v5.8.2"
+# promtool, which checks and unit-tests the chart's PrometheusRule: Prometheus 3.x is the Go module
+# version v0.3xx (its own cache folder, like helm).
+PROMETHEUS = "v0.316.0"
 
 # Each group is one wrapper module: a go.mod that requires the upstream module
 # and is built with a single `go build` so that packages are compiled once.
@@ -78,6 +81,11 @@ TOOLS = {
         "module": "sigs.k8s.io/kustomize/kustomize/v5",
         "version": KUSTOMIZE,
         "packages": {"kustomize": "sigs.k8s.io/kustomize/kustomize/v5"},
+    },
+    "promtool": {
+        "module": "github.com/prometheus/prometheus",
+        "version": PROMETHEUS,
+        "packages": {"promtool": "github.com/prometheus/prometheus/cmd/promtool"},
     },
 }
 
