@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -48,20 +49,25 @@ def test_request_approve_and_restore_with_two_users(cluster, namespace, operator
                           cli_module.EXIT_FORBIDDEN, "forbidden")
 
     # alice's restore waits for the approval, and says so.
-    env = {**os.environ, "KUBECONFIG": str(alice)}
+    env = {**os.environ, "KUBECONFIG": str(alice), "PYTHONUNBUFFERED": "1"}  # its lines as they come
     waiting = subprocess.Popen([sys.executable, "-m", "daoflow_operator.cli", "backup", "restore", "--backup-run-id",
                                 "nightly", "--approval", "fix-1", "--yes", "--wait", "--timeout", "180",
                                 "--name", "approved", *ns], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    wait_until(lambda: cluster.kubectl("get", "backuprestore", "approved", "-n", namespace, "-o",
-                                       "jsonpath={.status.phase}", check=False).stdout == "AwaitingApproval",
-               what="the restore to await its approval")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(waiting.stdout), daemon=True)
+    reader.start()
+    # Approved only once the CLI has said it waits: a slow start must not let it miss the wait.
+    wait_until(lambda: any(line.startswith("waiting for approval:") for line in list(lines)),
+               timeout=120, what="the CLI to say that the restore awaits its approval")
     listed = json.loads(daoflow("approval", "list", "--json", *ns, kubeconfig=bob).stdout)
     assert {r["name"]: r["decision"] for r in listed} == {"fix-1": "-", "fix-2": "-"}
     approved = wait_until(lambda: (r := daoflow("approval", "approve", "fix-1", "--comment", "checked", *ns,
                                                 kubeconfig=bob)).returncode == 0 and r, what="bob's approval")
     assert approved.stdout.strip() == "restoreapproval.backup.daoflow.dev/fix-1 approved by bob"
-    out, err = waiting.communicate(timeout=200)
+    waiting.wait(timeout=200)
+    reader.join(timeout=10)
+    out, err = "".join(lines), waiting.stderr.read()
     assert waiting.returncode == cli_module.EXIT_OK, err
     assert "phase: AwaitingApproval" in out and "waiting for approval: waiting for RestoreApproval fix-1" in out
     assert "phase: Succeeded" in out
