@@ -60,6 +60,7 @@ record_log = logging.getLogger("daoflow_operator.record")
 Key = tuple[str, str]  # (namespace, name) of a BackupRestore
 
 
+@logs.own_context
 def reconcile(kube: Kube, config: Config, namespace: str, name: str,
               now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
               reports: dict | None = None) -> status_.Decision | None:

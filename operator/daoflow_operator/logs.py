@@ -7,6 +7,7 @@ mix). A nested object, since `name` at the top is the logger's, by the logging m
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 
 import kopf
@@ -27,6 +28,15 @@ def about(restore: dict, status: dict | None = None) -> dict:
 
 def bind(fields: dict) -> None:
     CURRENT.set(fields)
+
+
+def own_context(fn):
+    """Runs `fn` in a copy of the caller's context, so what it binds ends with it (a reconcile called
+    from a caller's own thread, as tests do, leaves nothing behind)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return contextvars.copy_context().run(fn, *args, **kwargs)
+    return wrapper
 
 
 class RestoreFields(logging.Filter):

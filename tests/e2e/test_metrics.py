@@ -70,10 +70,12 @@ def test_a_scrape_counts_exactly_the_restores_that_ended(cluster, namespace, sta
     got = wait_until(settled, timeout=30, what="no restore in progress on /metrics")
     counted = {labels: int(v) for (name, labels), v in got.items() if name == "daoflow_restores_total"}
     assert counted == expected
-    # The histogram counts each finished restore once (total), and the three whose runner ran (running).
+    # The histogram counts each finished restore once (total), and those whose runner was seen running (running).
     assert got[("daoflow_restore_duration_seconds_count", (("stage", "total"),))] == len(names)
     ran = sum(1 for st in statuses.values() if any(e["step"] == "fetch" for e in st.get("auditTrail", [])))
-    assert ran == 3 and got[("daoflow_restore_duration_seconds_count", (("stage", "running"),))] == ran
+    # Which of them were seen running depends on timing (a runner may end between two looks): at
+    # least one was, and the running stage counts exactly those.
+    assert ran >= 1 and got[("daoflow_restore_duration_seconds_count", (("stage", "running"),))] == ran
     restored = sum(statuses[k]["result"]["bytes"] for k in ("succeeded", "succeeded-again"))
     assert got[("daoflow_restore_bytes_total", (("namespace", namespace),))] == restored
     last = max(st["completionTime"] for st in statuses.values() if st["phase"] == "Succeeded")

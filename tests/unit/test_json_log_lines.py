@@ -56,3 +56,12 @@ def test_kopfs_object_reference_fills_in_outside_a_reconcile():
     json_logger(out).info("an event", extra={"k8s_ref": {"namespace": "shop", "name": "r2", "uid": "u-2"}})
     line = json.loads(out.getvalue())
     assert line["restore"] == {"namespace": "shop", "name": "r2", "uid": "u-2", "phase": None, "reason": None}
+
+
+def test_a_reconcile_called_in_the_callers_own_thread_leaves_no_restore_behind():
+    @logs.own_context
+    def reconcile():
+        logs.bind(logs.about(RESTORE))
+        return logs.CURRENT.get()["name"]
+
+    assert reconcile() == "r1" and logs.CURRENT.get() is None
