@@ -29,6 +29,7 @@ import kubernetes
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
+from benchlib import start_control_plane  # noqa: E402
 from daoflow_operator import dev  # noqa: E402
 from daoflow_operator.config import Config  # noqa: E402
 
@@ -64,14 +65,7 @@ def main() -> int:
     parser.add_argument("--stops", type=int, default=10)
     args = parser.parse_args()
 
-    cluster = None
-    if os.environ.get("DAOFLOW_BENCH_EXISTING_CLUSTER") == "1" and os.environ.get("KUBECONFIG"):
-        kubeconfig = os.environ["KUBECONFIG"]
-    else:
-        from daoflow_operator.localcluster.cluster import LocalCluster
-
-        cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="daoflow-bench-")), node_mode="kwok")
-        kubeconfig = str(cluster.start())
+    kubeconfig, cluster = start_control_plane()
     running: list[Candidate] = []
     try:
         dev.install(kubeconfig, samples=False)

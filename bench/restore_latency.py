@@ -27,6 +27,7 @@ import kubernetes
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
+from benchlib import start_control_plane  # noqa: E402
 from daoflow_operator import dev  # noqa: E402
 from daoflow_operator.api import models  # noqa: E402
 
@@ -105,17 +106,7 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=0.2, help="seconds between two restores")
     args = parser.parse_args()
 
-    cluster = None
-    if os.environ.get("DAOFLOW_BENCH_EXISTING_CLUSTER") == "1" and os.environ.get("KUBECONFIG"):
-        kubeconfig = os.environ["KUBECONFIG"]
-    else:
-        from daoflow_operator.localcluster.cluster import LocalCluster
-
-        # The operator's latency is measured, not the runner's: the simulated node completes the Jobs.
-        cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="daoflow-bench-")), node_mode="kwok")
-        started = time.monotonic()
-        kubeconfig = str(cluster.start())
-        print(f"local control plane ready in {time.monotonic() - started:.1f}s")
+    kubeconfig, cluster = start_control_plane()
     operator = None
     try:
         dev.install(kubeconfig, samples=False, runner_image=RUNNER_IMAGE)
