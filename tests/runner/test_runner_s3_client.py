@@ -190,3 +190,105 @@ def test_network_errors_are_retried_and_credential_errors_are_not():
                                        "ResponseMetadata": {"HTTPStatusCode": 403}}, "AssumeRoleWithWebIdentity"), 0)
     assert not getattr(sts, "retryable", False)
     assert "AssumeRoleWithWebIdentity: HTTP 403 AccessDenied" in sts.message
+
+
+class CuttingRelay:
+    """A TCP relay to the S3 server that closes its first connection after `cut` bytes of the
+    answer: a connection dropped mid-body, on demand. It keeps every request's head."""
+
+    def __init__(self, target_port: int, cut: int):
+        import socket
+        import socketserver
+
+        relay = self
+        self.cut, self.heads, self._connections = cut, [], 0
+        self._lock = threading.Lock()
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                with relay._lock:
+                    relay._connections += 1
+                    limit = relay.cut if relay._connections == 1 else None
+                with socket.create_connection(("127.0.0.1", target_port)) as upstream:
+                    head = self.request.recv(65536)
+                    relay.heads.append(head.split(b"\r\n\r\n", 1)[0].decode("latin-1"))
+                    upstream.sendall(head)
+                    sent = 0
+                    while data := upstream.recv(65536):
+                        if limit is not None and sent + len(data) > limit:
+                            self.request.sendall(data[:limit - sent])
+                            self.request.shutdown(socket.SHUT_RDWR)
+                            return
+                        self.request.sendall(data)
+                        sent += len(data)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def s3_object(s3, key: str, port: int | None = None) -> s3client.S3Object:
+    return s3client.S3Object(
+        endpoint=f"http://127.0.0.1:{port or s3.port}", bucket=s3.bucket, key=key, region="us-east-1",
+        force_path_style=True, credentials=s3client.Credentials(s3.access_key, s3.secret_key),
+        sleep=lambda _: None)
+
+
+@pytest.mark.parametrize("server", ["s3", "s3_tls"])
+def test_the_body_is_read_by_the_stdlib_response_itself(server, request, sample, uploaded):
+    """The one-copy read (body_readinto) is what a GetObject body gives, over HTTP and HTTPS: a
+    urllib3 that stops wrapping http.client's response shows here, not as a slower restore."""
+    import http.client
+
+    s3 = request.getfixturevalue(server)
+    obj = s3client.S3Object(
+        endpoint=s3.endpoint, bucket=s3.bucket, key="team-a/" + uploaded[FMT], region="us-east-1",
+        force_path_style=True, credentials=s3client.Credentials(s3.access_key, s3.secret_key),
+        ca_bundle=str(s3.ca_file) if s3.ca_file else None)
+    body = obj._open(0)
+    try:
+        assert isinstance(s3client.body_readinto(body).__self__, http.client.HTTPResponse)
+    finally:
+        body.close()
+    assert b"".join(obj.chunks()) == sample.artifacts[FMT].read_bytes()
+
+
+def test_a_connection_dropped_mid_body_resumes_where_it_stopped(s3, sample, uploaded):
+    data = sample.artifacts[FMT].read_bytes()
+    relay = CuttingRelay(s3.port, cut=len(data) // 2)
+    try:
+        obj = s3_object(s3, "team-a/" + uploaded[FMT], relay.port)
+        got = b"".join(obj.chunks(chunk_size=1 << 16))
+    finally:
+        relay.close()
+    assert got == data
+    assert len(relay.heads) == 2
+    resumed = relay.heads[1].lower()
+    assert "\r\nrange: bytes=" in resumed and "\r\nif-match: " in resumed
+
+
+def test_a_resume_never_continues_an_object_replaced_meanwhile(s3, sample, tmp_path):
+    """The first answer is cut; the object is replaced before the resume: the resume's If-Match
+    makes the server refuse, and the fetch fails rather than splice two objects."""
+    key = "team-a/runs/replaced.tar.zst"
+    data = sample.artifacts[FMT].read_bytes()
+    s3.upload_bytes(key, data)
+    relay = CuttingRelay(s3.port, cut=len(data) // 2)
+    obj = s3_object(s3, key, relay.port)
+    got = bytearray()
+    try:
+        with pytest.raises(RunnerFailure) as caught:
+            for chunk in obj.chunks(chunk_size=1 << 16):
+                if not got:
+                    s3.upload_bytes(key, data[::-1])
+                got += chunk
+    finally:
+        relay.close()
+    assert caught.value.reason == "FetchFailed"
+    assert "412" in caught.value.message or "PreconditionFailed" in caught.value.message, caught.value.message
+    assert len(got) < len(data)

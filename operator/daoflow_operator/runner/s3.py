@@ -14,6 +14,8 @@ request, pinned to the first response's ETag.
 
 from __future__ import annotations
 
+import gc
+import http.client
 import ipaddress
 import os
 import socket
@@ -189,6 +191,24 @@ def read_chunk(readinto: Callable[[memoryview], int], size: int) -> bytearray:
     return buf
 
 
+def body_readinto(body) -> Callable[[memoryview], int]:
+    """The readinto() to fill chunks from a GetObject body: the stdlib response's own, under
+    botocore's StreamingBody and urllib3's response, when nothing has been read through them.
+
+    urllib3 2's readinto() reads into a new bytes object and copies it, and http.client's
+    read(n) copies once more: two copies of every byte that http.client's readinto() does not
+    make (docs/runner.md, "S3 client"). botocore asks urllib3 for the body undecoded, so the
+    bytes are the same; the length check is the caller's (S3Object.chunks). Anything else (a
+    urllib3 that no longer wraps an http.client response) falls back to the body's readinto().
+    """
+    raw = getattr(body, "_raw_stream", None)
+    fp = getattr(raw, "_fp", None)
+    if (isinstance(fp, http.client.HTTPResponse) and getattr(raw, "decode_content", True) is False
+            and getattr(raw, "_fp_bytes_read", None) == 0):
+        return fp.readinto
+    return body.readinto
+
+
 class S3Object:
     """One object to GET, read as a stream of chunks, resumed on connection errors.
 
@@ -255,6 +275,10 @@ class S3Object:
             pinned = _pinned_session(self.guard, self.ca_bundle or True, self.timeout)
             client.meta.events.register("before-send.s3", lambda request, **_: pinned.send(request))
             self._client = client
+            # botocore's models are some hundred thousand objects that live as long as the
+            # process: out of the collector's way, so that its full passes during the restore
+            # do not walk them again and again.
+            gc.freeze()
         return self._client
 
     def _failure(self, exc: Exception, offset: int) -> RunnerFailure:
@@ -290,7 +314,7 @@ class S3Object:
         elif isinstance(exc, bx.CredentialRetrievalError):
             provider = str(exc.kwargs.get("provider", "?"))[:64]
             message = f"the S3 credentials could not be obtained from the pod's environment ({provider} failed)"
-        elif isinstance(exc, (bx.BotoCoreError, HTTPError, OSError)):
+        elif isinstance(exc, (bx.BotoCoreError, HTTPError, OSError, http.client.HTTPException)):
             retryable = True  # a dropped or refused connection, a timeout: resume
             message = f"GET {self.url} failed at byte {offset}: {type(exc).__name__}"
         else:
@@ -325,7 +349,8 @@ class S3Object:
             body = None
             try:
                 body = self._open(offset)
-                while buf := read_chunk(body.readinto, chunk_size):
+                readinto = body_readinto(body)
+                while buf := read_chunk(readinto, chunk_size):
                     offset += len(buf)
                     failures = 0
                     yield buf  # a fresh buffer each time: the consumer may keep it
