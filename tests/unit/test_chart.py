@@ -62,7 +62,8 @@ def test_helm_lint_strict_passes(helm, sets):
 
 
 @pytest.mark.parametrize("typo", ["replica=2", "image.tg=1.0", "podDisruptionBudget.maxUnavaliable=1",
-                                  "crds.enable=false", "resources.limit.memory=1Gi", "replicas=two"])
+                                  "crds.enable=false", "resources.limit.memory=1Gi", "replicas=two",
+                                  "logFormat=yaml"])
 def test_a_misspelled_value_is_refused_by_the_schema(helm, typo):
     for command in ("lint", "template"):
         args = [helm, command, *(["--strict"] if command == "lint" else ["x"]), str(CHART), "--set", typo]
@@ -276,3 +277,12 @@ def test_without_leader_election_there_is_one_replica_and_no_election_lease(helm
     proc = subprocess.run([helm, "template", "x", str(CHART), "--set", "replicas=2", "--set",
                            "leaderElection.enabled=false"], capture_output=True, text=True)
     assert proc.returncode != 0 and "replicas > 1 needs leaderElection.enabled" in proc.stderr
+
+
+def test_the_log_format_is_a_value(helm):
+    def env(*sets):
+        spec = one(render(helm, *sets), "Deployment", "daoflow-system")["spec"]["template"]["spec"]
+        return {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+
+    assert env()["DAOFLOW_LOG_FORMAT"] == "human"
+    assert env("logFormat=json")["DAOFLOW_LOG_FORMAT"] == "json"
