@@ -275,7 +275,7 @@ class S3Object:
             pinned = _pinned_session(self.guard, self.ca_bundle or True, self.timeout)
             client.meta.events.register("before-send.s3", lambda request, **_: pinned.send(request))
             self._client = client
-            # botocore's models are some hundred thousand objects that live as long as the
+            # botocore and its client are some 60,000 tracked objects that live as long as the
             # process: out of the collector's way, so that its full passes during the restore
             # do not walk them again and again.
             gc.freeze()
