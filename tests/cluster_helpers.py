@@ -45,6 +45,26 @@ def wait_until(predicate: Callable[[], object], timeout: float = 60, interval: f
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
 
 
+def audit_entries(audit_log: Path, offset: int = 0) -> list[dict]:
+    """The local API server's audit events from byte `offset` of its log on. The line the server
+    may still be writing (no line break yet) is left for a later read."""
+    with open(audit_log, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    return [json.loads(line) for line in data[:data.rfind(b"\n") + 1].splitlines() if line.strip()]
+
+
+def audit_user(entry: dict) -> str:
+    """Who sent an audited request; empty for one that was never authenticated (its event has
+    no username)."""
+    return (entry.get("user") or {}).get("username", "")
+
+
+def audit_extra(entry: dict, key: str) -> list[str]:
+    """One of the authenticator's extra values of an audited request's user (its pod, its token)."""
+    return ((entry.get("user") or {}).get("extra") or {}).get(key, [])
+
+
 class ThrottledRelay:
     """A TCP relay on the host's 127.0.0.1 to a local service, whose answers flow at most
     `bytes_per_second`: a slow link on demand, so that a real restore (through `Cluster.forward`)

@@ -16,7 +16,7 @@ import pytest
 from approval_helpers import OPERATOR, approval, bind, decided, requested
 from backups import (GROUP, backup_run, condition, destination, events, jobs, restore_status, set_run_status, settle,
                      snapshot, source_tree, succeeded_with_artifact, wait_phase)
-from cluster_helpers import wait_until
+from cluster_helpers import audit_entries, audit_user, wait_until
 from test_target_authorization import create_as
 
 pytestmark = pytest.mark.cluster
@@ -41,8 +41,7 @@ def restore_as(cluster, user: str, namespace: str, name: str, approval_name: str
 
 def approval_status_writes(audit_log, namespace: str, name: str) -> list[dict]:
     """The successful writes of an approval's status, with their bodies (the local control plane's audit policy)."""
-    entries = [json.loads(line) for line in audit_log.read_text().splitlines() if line.strip()]
-    return [e for e in entries if e.get("stage") == "ResponseComplete" and e["verb"] in ("update", "patch")
+    return [e for e in audit_entries(audit_log) if e.get("stage") == "ResponseComplete" and e["verb"] in ("update", "patch")
             and e.get("objectRef", {}).get("resource") == "restoreapprovals"
             and e["objectRef"].get("subresource") == "status" and e["objectRef"].get("namespace") == namespace
             and e["objectRef"].get("name") == name and e.get("responseStatus", {}).get("code") == 200]
@@ -92,9 +91,9 @@ def test_alice_asks_bob_approves_and_the_restore_waits_then_runs_once(cluster, n
     # ServiceAccount wrote the approval's status too (its expiry, its use), but never a decision.
     if cluster.local is not None:
         writes = approval_status_writes(cluster.local.audit_log, namespace, "fix-1")
-        deciders = {e["user"]["username"] for e in writes if "decision" in e["requestObject"].get("status", {})}
+        deciders = {audit_user(e) for e in writes if "decision" in e["requestObject"].get("status", {})}
         assert deciders == {bob}
-        by_operator = [e for e in writes if e["user"]["username"] == OPERATOR]
+        by_operator = [e for e in writes if audit_user(e) == OPERATOR]
         assert by_operator and any("usedBy" in e["requestObject"]["status"] for e in by_operator)
         assert not any(set(e["requestObject"]["status"]) & {"decision", "comment", "decidedBy"} for e in by_operator)
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from backups import backup_run, destination, jobs, restore, restore_status, snapshot, source_tree, wait_phase
-from cluster_helpers import wait_until
+from cluster_helpers import audit_entries, audit_extra, wait_until
 from daoflow_operator.api import models
 from daoflow_operator.localcluster import build
 
@@ -196,12 +196,12 @@ def test_two_replicas_the_leaders_pod_force_deleted_while_a_job_runs(cluster, na
             # The standby pod's token names its pod in the audit log: it wrote nothing while it stood by.
             # A write the server refused changed nothing: both replicas start at once, and the one that
             # loses the race to create the Lease is told 409 AlreadyExists.
-            entries = [json.loads(line) for line in cluster.local.audit_log.read_text().splitlines() if line.strip()]
+            entries = audit_entries(cluster.local.audit_log)
             by_standby = [e for e in entries if e["verb"] in {"create", "update", "patch", "delete", "deletecollection"}
-                          and (e["user"].get("extra") or {}).get("authentication.kubernetes.io/pod-name") == [standby]
+                          and audit_extra(e, "authentication.kubernetes.io/pod-name") == [standby]
                           and (e.get("responseStatus") or {}).get("code", 200) < 400]
             assert by_standby == [], [(e["verb"], e["objectRef"]) for e in by_standby]
-            assert any((e["user"].get("extra") or {}).get("authentication.kubernetes.io/pod-name") == [leader]
+            assert any(audit_extra(e, "authentication.kubernetes.io/pod-name") == [leader]
                        for e in entries), "the audit log names no pod"
         cluster.kubectl("delete", "pod", leader, "-n", system, "--grace-period=0", "--force")
         deleted = time.monotonic()

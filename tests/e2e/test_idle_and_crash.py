@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
 from backups import backup_run, destination, jobs, restore, wait_phase
+from cluster_helpers import audit_entries, audit_user
 from daoflow_operator import handlers
 from daoflow_operator.config import Config
 from daoflow_operator.kube import Kube
@@ -19,10 +19,7 @@ WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 
 
 def operator_writes(audit_log, offset: int) -> list[dict]:
-    with open(audit_log, "rb") as f:
-        f.seek(offset)
-        entries = [json.loads(line) for line in f.read().splitlines() if line.strip()]
-    return [e for e in entries if e["user"]["username"] == OPERATOR and e["verb"] in WRITES]
+    return [e for e in audit_entries(audit_log, offset) if audit_user(e) == OPERATOR and e["verb"] in WRITES]
 
 
 def test_an_idle_operator_writes_nothing_after_a_restore_has_finished(cluster, namespace, operator):

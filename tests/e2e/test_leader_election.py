@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from backups import backup_run, destination, jobs, restore, snapshot, source_tree, wait_phase
-from cluster_helpers import wait_until
+from cluster_helpers import audit_entries, audit_extra, wait_until
 from daoflow_operator import dev
 
 pytestmark = pytest.mark.cluster
@@ -46,11 +46,8 @@ def credential_id(kubeconfig) -> str:
 
 
 def writes_by(audit_log, offset: int, credential: str) -> list[dict]:
-    with open(audit_log, "rb") as f:
-        f.seek(offset)
-        entries = [json.loads(line) for line in f.read().splitlines() if line.strip()]
-    return [e for e in entries if e["verb"] in WRITES
-            and credential in (e["user"].get("extra") or {}).get("authentication.kubernetes.io/credential-id", [])]
+    return [e for e in audit_entries(audit_log, offset) if e["verb"] in WRITES
+            and credential in audit_extra(e, "authentication.kubernetes.io/credential-id")]
 
 
 @pytest.fixture
@@ -96,11 +93,9 @@ def test_the_standby_takes_over_a_killed_leader_and_the_restore_completes_with_o
     assert any(e["objectRef"].get("name") == name for e in writes_by(audit_log, watched_from,
                                                                     credential_id(second_kubeconfig)))
     assert [j["metadata"]["uid"] for j in jobs(cluster, namespace)] == [job["metadata"]["uid"]]
-    with open(audit_log, "rb") as f:
-        f.seek(watched_from)
-        creates = [e for e in (json.loads(line) for line in f.read().splitlines() if line.strip())
-                   if e["verb"] == "create" and e["objectRef"].get("resource") == "jobs"
-                   and e["objectRef"].get("namespace") == namespace and e["stage"] == "ResponseComplete"]
+    creates = [e for e in audit_entries(audit_log, watched_from)
+               if e["verb"] == "create" and e["objectRef"].get("resource") == "jobs"
+               and e["objectRef"].get("namespace") == namespace and e["stage"] == "ResponseComplete"]
     assert len(creates) == 1, [(e["responseStatus"], e["objectRef"]) for e in creates]
     target = cluster.volume_dir(f"{namespace}-app-data")
     assert snapshot(target) == snapshot(source_tree(cluster, namespace))

@@ -8,14 +8,13 @@ counts the operator's status writes.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 
 import pytest
 
 from backups import condition, events, large_run, restore, restore_status, snapshot, throttled_s3_destination
-from cluster_helpers import wait_until
+from cluster_helpers import audit_entries, audit_user, wait_until
 from daoflow_operator import progress
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("real_node")]
@@ -42,11 +41,9 @@ def slow_restore(cluster, namespace, s3, tmp_path):
 
 def status_writes(audit_log, offset: int, name: str) -> list[float]:
     """The times (seconds) of the operator's status writes of one restore, from the audit log."""
-    with open(audit_log, "rb") as f:
-        f.seek(offset)
-        entries = [json.loads(line) for line in f.read().splitlines() if line.strip()]
-    return [datetime.fromisoformat(e["stageTimestamp"].replace("Z", "+00:00")).timestamp() for e in entries
-            if e["user"]["username"] == OPERATOR and e["verb"] == "patch" and e.get("stage") == "ResponseComplete"
+    return [datetime.fromisoformat(e["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+            for e in audit_entries(audit_log, offset)
+            if audit_user(e) == OPERATOR and e["verb"] == "patch" and e.get("stage") == "ResponseComplete"
             and e["objectRef"].get("subresource") == "status" and e["objectRef"].get("name") == name]
 
 
