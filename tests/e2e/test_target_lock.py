@@ -118,6 +118,10 @@ def test_a_restart_of_the_operator_while_one_waits_does_not_start_it_early(clust
     wait_phase(cluster, namespace, "holder", "Running", timeout=60)
     apply_together(cluster, namespace, ("waiter", {}))
     wait_until(lambda: busy_restores(cluster, namespace, ["waiter"]), timeout=30, what="the waiter to be TargetBusy")
+    # The event follows the status write: killed in between, the first operator would never post it,
+    # and the second, finding the status already written, does not either (a lost event, not a twin).
+    wait_until(lambda: [e for e in events(cluster, namespace, "waiter") if e["reason"] == "TargetBusy"],
+               timeout=30, what="the waiter's TargetBusy event")
 
     first.kill()
     run_long(start_operator, 20)
