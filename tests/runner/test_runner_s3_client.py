@@ -233,10 +233,12 @@ class CuttingRelay:
 
 
 def s3_object(s3, key: str, port: int | None = None) -> s3client.S3Object:
+    """The runner's client for one object of the test server, or of a relay to it on `port`."""
     return s3client.S3Object(
-        endpoint=f"http://127.0.0.1:{port or s3.port}", bucket=s3.bucket, key=key, region="us-east-1",
-        force_path_style=True, credentials=s3client.Credentials(s3.access_key, s3.secret_key),
-        sleep=lambda _: None)
+        endpoint=f"http://127.0.0.1:{port}" if port else s3.endpoint, bucket=s3.bucket, key=key,
+        region="us-east-1", force_path_style=True,
+        credentials=s3client.Credentials(s3.access_key, s3.secret_key),
+        ca_bundle=str(s3.ca_file) if s3.ca_file else None, sleep=lambda _: None)
 
 
 @pytest.mark.parametrize("server", ["s3", "s3_tls"])
@@ -245,11 +247,7 @@ def test_the_body_is_read_by_the_stdlib_response_itself(server, request, sample,
     urllib3 that stops wrapping http.client's response shows here, not as a slower restore."""
     import http.client
 
-    s3 = request.getfixturevalue(server)
-    obj = s3client.S3Object(
-        endpoint=s3.endpoint, bucket=s3.bucket, key="team-a/" + uploaded[FMT], region="us-east-1",
-        force_path_style=True, credentials=s3client.Credentials(s3.access_key, s3.secret_key),
-        ca_bundle=str(s3.ca_file) if s3.ca_file else None)
+    obj = s3_object(request.getfixturevalue(server), "team-a/" + uploaded[FMT])
     body = obj._open(0)
     try:
         assert isinstance(s3client.body_readinto(body).__self__, http.client.HTTPResponse)
