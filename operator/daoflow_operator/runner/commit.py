@@ -16,14 +16,12 @@ next start after a crash (`recover`): a restore is either fully visible or not a
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import stat
 
 from . import members as m
-from .fstree import holds_files, makedirs, remove_tree
+from .fstree import holds_files, libc, makedirs, remove_tree
 from .failures import SHIELD, RunnerFailure, restore_failed, shielded
 
 WORKDIR = m.RESERVED_TOP_LEVEL[0]
@@ -77,8 +75,7 @@ def _syncfs(path: str) -> None:
     """Flush the target volume: the new data must be on disk before the old data goes."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        if libc.syncfs(fd) != 0:
+        if libc().syncfs(fd) != 0:
             os.sync()
     except (OSError, AttributeError):
         os.sync()

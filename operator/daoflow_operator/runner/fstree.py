@@ -13,6 +13,7 @@ walk climbs back through '..' and checks that it arrives in the folder it came f
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -21,6 +22,18 @@ from collections.abc import Callable
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # A folder the runner removes must let it list and unlink: read, write and search.
 OWNER_ALL = stat.S_IRWXU
+
+
+def libc() -> ctypes.CDLL:
+    """The C library, for the calls that `os` lacks (syncfs, sync_file_range). dlopen(NULL)
+    finds it among the libraries the process has loaded already; ctypes.util.find_library
+    would run ldconfig in a subprocess to look for it, at every start."""
+    try:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.syncfs  # noqa: B018 - raises AttributeError where the symbol is not global
+        return lib
+    except (OSError, AttributeError):
+        return ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def _ident(fd: int) -> tuple[int, int]:

@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -28,7 +27,6 @@ from .commit import WORKDIR, Workspace, not_empty_message, os_error_text, visibl
 from .failures import FAILURES, SHIELD, RunnerFailure, exit_code, invalid_plan, restore_failed
 from .fetch import Decompress, Fetch, Progress, open_s3_artifact, open_volume_artifact
 from .plan import Artifact, Plan, PostgresTarget, S3Source, parse_plan
-from .postgres import count_user_objects, read_database_credentials, run_pg_restore, toc_entries
 from .report import Redactor, build_report, escape, progress_line, render_report
 from .tarstream import open_tar
 from .unpack import Unpacker
@@ -303,6 +301,11 @@ def _discard(ws: Workspace, out: Output, target: str) -> None:
 
 
 def execute_postgres(plan: Plan, progress: Progress, result: Result, out: Output) -> None:
+    # Imported here: a volume restore, the common case, starts without them.
+    import tempfile
+
+    from .postgres import count_user_objects, read_database_credentials, run_pg_restore, toc_entries
+
     db = read_database_credentials(plan.target.credentials_dir)  # type: ignore[union-attr]
     out.redact.add(db.password)
     if plan.existing_data == "FailIfNotEmpty":

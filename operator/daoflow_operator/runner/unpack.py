@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from . import members as m
 from .failures import restore_failed, unsafe
 from .fetch import Progress
-from .fstree import makedirs
+from .fstree import libc, makedirs
 from .tarstream import TarStream
 
 def _writeback():
@@ -29,11 +29,9 @@ def _writeback():
     the rest unpacks, so the flush before the commit has little left to wait for.
     """
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
+        fn = libc().sync_file_range
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
